@@ -1,0 +1,658 @@
+"""The pool: pool key -> one live backend, shared through leases.
+
+* Lazy start on first acquire, single flight per key: concurrent acquires of a cold key spawn one process and all
+  wait for it. A startup failure reaches every waiter and is not cached: the next acquire tries again.
+* Releasing the last lease stops the process after an idle grace (0 = at once).
+* ``refresh`` moves the leases of changed configs to new backends; an obsolete backend stops as soon as its
+  last lease has moved, so no duplicate process lives on.
+* A lease whose backend died is rebound on its next message (respawn on next use).
+* Every process is spawned in its own process group and registered with a guardian process that kills the
+  groups if this process dies without running any cleanup (SIGKILL).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from mcpshare.config import StdioServerConfig
+from mcpshare.key import PoolKey, child_environment, make_key
+from mcpshare.mux import (
+    CONNECTION_CLOSED,
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_QUEUE_SIZE,
+    Backend,
+    BackendError,
+    Channel,
+    Message,
+    error_response,
+)
+from mcpshare.process import Guardian, ServerProcess, SpawnError
+
+logger = logging.getLogger("mcpshare.pool")
+
+DEFAULT_IDLE_GRACE = 60.0
+EntryState = Literal["starting", "ready", "stopping", "stopped", "failed", "crashed"]
+
+
+class PoolClosed(RuntimeError):
+    """The pool was closed; nothing can be acquired from it any more."""
+
+
+class LeaseReleased(RuntimeError):
+    """The lease was already released."""
+
+
+class ServerStartError(RuntimeError):
+    """A server process could not be started or did not complete its handshake.
+
+    The message names the server, the command, the exit code (when it exited) and the tail of its stderr.
+    """
+
+    def __init__(
+        self, server: str, command: str, cause: str, *, returncode: int | None = None, stderr_tail: str = ""
+    ) -> None:
+        self.server = server
+        self.command = command
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+        text = f"MCP server {server!r} ({command}) failed to start: {cause}"
+        if returncode is not None:
+            text += f" (exit code {returncode})"
+        if stderr_tail:
+            text += f"\n--- stderr (last lines) ---\n{stderr_tail}"
+        super().__init__(text)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """A snapshot of one backend, for the CLI, tests and benchmarks."""
+
+    server: str
+    key: str
+    pid: int | None
+    state: EntryState
+    leases: int
+    restarts: int
+    uptime: float
+    protocol_version: str | None
+
+
+class _Entry:
+    """One pool key and the process serving it."""
+
+    def __init__(self, key: PoolKey, config: StdioServerConfig, generation: int) -> None:
+        self.key = key
+        self.config = config
+        self.generation = generation
+        self.state: EntryState = "starting"
+        self.ready = anyio.Event()
+        self.finished = anyio.Event()
+        self.stop_requested = anyio.Event()
+        self.error: BaseException | None = None
+        self.backend: Backend | None = None
+        self.process: ServerProcess | None = None
+        self.leases: set[Lease] = set()
+        self.waiters = 0
+        self.idle_scope: anyio.CancelScope | None = None
+        self.obsolete = False
+        self.started_at = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.leases) or self.waiters > 0
+
+
+class Lease:
+    """One user's hold on a shared backend: a stable virtual session endpoint.
+
+    Messages to the server go through :meth:`send`; messages for this user arrive on :attr:`receive`. The
+    binding to a backend may change underneath (refresh, respawn after a crash); the endpoint does not.
+    """
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        config: StdioServerConfig,
+        key: PoolKey,
+        *,
+        workspace: str | None,
+        environ: Mapping[str, str] | None,
+        sandbox: str | None,
+        queue_size: int,
+    ) -> None:
+        self.pool = pool
+        self.config = config
+        self.key = key
+        self.workspace = workspace
+        self.environ = environ
+        self.sandbox = sandbox
+        self._sink: MemoryObjectSendStream[Message]
+        self.receive: MemoryObjectReceiveStream[Message]
+        self._sink, self.receive = anyio.create_memory_object_stream[Message](queue_size)
+        self._entry: _Entry | None = None
+        self.channel: Channel | None = None
+        self.released = False
+        self._rebind_lock = anyio.Lock()
+        self._log_level: str | None = None
+        self.session_open = False
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.config.name} {self.key.short()}>"
+
+    @property
+    def server(self) -> str:
+        return self.config.name
+
+    @property
+    def backend(self) -> Backend | None:
+        return self.channel.backend if self.channel is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        entry = self._entry
+        return entry.process.pid if entry is not None and entry.process is not None else None
+
+    @property
+    def initialize_result(self) -> dict[str, Any] | None:
+        backend = self.backend
+        return backend.initialize_result if backend is not None else None
+
+    async def send(self, message: Message) -> None:
+        """Send one client-to-server message; respawns a dead backend first (respawn on next use)."""
+        if self.released:
+            raise LeaseReleased(f"lease on MCP server {self.server!r} was released")
+        channel = self.channel
+        if channel is None or channel.closed or not channel.backend.alive:
+            if "method" in message and "id" not in message:
+                return  # a notification for a dead backend: nothing to tell
+            try:
+                channel = await self.pool._rebind(self)
+            except Exception as exc:
+                if "id" in message and "method" in message:
+                    self.deliver(error_response(message["id"], CONNECTION_CLOSED, str(exc)))
+                    return
+                raise
+        await channel.send(message)
+
+    def deliver(self, message: Message) -> None:
+        """Put a message in this lease's inbox without blocking (used for locally made answers)."""
+        try:
+            self._sink.send_nowait(message)
+        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            logger.warning("%s: inbox full or closed; dropped a message", self)
+
+    async def release(self) -> None:
+        """Give the backend back. Releasing twice is an error; the process stops after the pool's idle grace."""
+        if self.released:
+            raise LeaseReleased(f"lease on MCP server {self.server!r} was already released")
+        self.released = True
+        self.pool._unbind(self, reason="lease released")
+        self._sink.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self.released:
+            await self.release()
+
+
+class BackendPool:
+    """Key -> backend, with single-flight start, leases, idle grace, refresh and a guardian against orphans.
+
+    Use as an async context manager; it owns a task group that runs every backend.
+    """
+
+    def __init__(
+        self,
+        *,
+        idle_grace: float = DEFAULT_IDLE_GRACE,
+        client_info: Mapping[str, Any] | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        guardian: bool = True,
+        base_environ: Mapping[str, str] | None = None,
+        stop_grace: float = 2.0,
+    ) -> None:
+        if idle_grace < 0:
+            raise ValueError("idle_grace must be >= 0")
+        self.idle_grace = idle_grace
+        self.client_info = dict(client_info or {"name": "mcpshare", "version": _version()})
+        self.max_line_bytes = max_line_bytes
+        self.queue_size = queue_size
+        self.stop_grace = stop_grace
+        self._use_guardian = guardian
+        self._base_environ = base_environ
+        self._entries: dict[PoolKey, _Entry] = {}
+        self._all: set[_Entry] = set()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._guardian: Guardian | None = None
+        self._closed = False
+        self._restarts: dict[PoolKey, int] = {}
+        self.spawns = 0
+
+    async def __aenter__(self) -> Self:
+        if self._use_guardian:
+            self._guardian = await Guardian.start()
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        try:
+            await self.close()
+        finally:
+            assert self._tg is not None
+            result = await self._tg.__aexit__(exc_type, exc, tb)
+            if self._guardian is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._guardian.close()
+        return result
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------ public API
+
+    async def acquire(
+        self,
+        config: StdioServerConfig,
+        *,
+        workspace: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        instance: str | None = None,
+        sandbox: str | None = None,
+    ) -> Lease:
+        """A lease on the one backend for this config (started if needed; waits for it to be ready).
+
+        ``workspace`` is the user's cwd (part of the key for share="workspace"), ``environ`` the user's
+        environment (for ``env_vars`` passthrough), ``sandbox`` an opaque sandbox policy label (part of the key:
+        a process started for one policy never serves another).
+        """
+        self._check_open()
+        if config.share == "thread" and instance is None:
+            instance = uuid.uuid4().hex
+        if workspace is None:
+            workspace = os.getcwd()
+        key = make_key(config, workspace=workspace, environ=environ, instance=instance, sandbox=sandbox)
+        lease = Lease(
+            self,
+            config,
+            key,
+            workspace=os.fspath(workspace) if workspace is not None else None,
+            environ=environ,
+            sandbox=sandbox,
+            queue_size=self.queue_size,
+        )
+        try:
+            await self._bind(lease, key, config)
+        except BaseException:
+            lease._sink.close()
+            lease.receive.close()
+            raise
+        return lease
+
+    async def refresh(self, configs: Mapping[str, StdioServerConfig]) -> list[str]:
+        """Move leases whose server config changed to a backend for the new config.
+
+        Returns the names of the servers whose backend was replaced. Leases of servers not named in ``configs``
+        are left alone. A backend whose last lease moved away stops at once: no duplicate process lives on.
+        """
+        self._check_open()
+        replaced: set[str] = set()
+        for entry in list(self._all):
+            new_config = configs.get(entry.config.name)
+            if new_config is None or entry.state not in ("starting", "ready"):
+                continue
+            if not entry.leases:
+                if new_config != entry.config:
+                    self._retire(entry)
+                continue
+            moves = []
+            for lease in list(entry.leases):
+                new_key = self._key_for(lease, new_config)
+                lease.config = new_config
+                if new_key != lease.key:
+                    moves.append((lease, new_key))
+            if not moves:
+                entry.config = new_config
+                continue
+            replaced.add(new_config.name)
+            entry.obsolete = True
+            if self._entries.get(entry.key) is entry:
+                del self._entries[entry.key]
+            for lease, new_key in moves:
+                lease.key = new_key
+                await self._move(lease)
+            self._maybe_stop(entry)
+        return sorted(replaced)
+
+    async def relocate(
+        self, lease: Lease, *, workspace: str | os.PathLike[str] | None, sandbox: str | None = None
+    ) -> bool:
+        """Move a lease to another workspace or sandbox; True when that needed another backend.
+
+        The old backend stops after the idle grace once it has no lease left (another user may still share it).
+        """
+        self._check_open()
+        lease.workspace = os.fspath(workspace) if workspace is not None else None
+        lease.sandbox = sandbox
+        new_key = self._key_for(lease, lease.config)
+        if new_key == lease.key:
+            return False
+        lease.key = new_key
+        await self._move(lease)
+        return True
+
+    @staticmethod
+    def _key_for(lease: Lease, config: StdioServerConfig) -> PoolKey:
+        return make_key(
+            config, workspace=lease.workspace, environ=lease.environ, instance=lease.key.instance, sandbox=lease.sandbox
+        )
+
+    def _retire(self, entry: _Entry) -> None:
+        """Stop an unused backend whose config is gone or changed."""
+        entry.obsolete = True
+        if self._entries.get(entry.key) is entry:
+            del self._entries[entry.key]
+        self._cancel_idle(entry)
+        self._maybe_stop(entry)
+
+    def snapshot(self) -> list[BackendInfo]:
+        """What runs now: one row per live or starting backend."""
+        now = time.monotonic()
+        rows = []
+        for entry in sorted(self._all, key=lambda e: (e.config.name, e.key.short())):
+            if entry.state in ("stopped", "failed"):
+                continue
+            process = entry.process
+            rows.append(
+                BackendInfo(
+                    server=entry.config.name,
+                    key=entry.key.short(),
+                    pid=process.pid if process is not None else None,
+                    state=entry.state,
+                    leases=len(entry.leases),
+                    restarts=entry.generation,
+                    uptime=now - entry.started_at if entry.started_at else 0.0,
+                    protocol_version=entry.backend.protocol_version if entry.backend is not None else None,
+                )
+            )
+        return rows
+
+    async def close(self) -> None:
+        """Stop every backend (gracefully, then by force) and refuse new acquires."""
+        if self._closed:
+            return
+        self._closed = True
+        entries = list(self._all)
+        for entry in entries:
+            for lease in list(entry.leases):
+                lease.released = True
+                self._unbind(lease, reason="pool closed")
+                lease._sink.close()
+            self._cancel_idle(entry)
+            entry.stop_requested.set()
+        with anyio.CancelScope(shield=True):
+            for entry in entries:
+                await entry.finished.wait()
+
+    # ------------------------------------------------------------------ binding
+
+    def _check_open(self) -> None:
+        if self._closed or self._tg is None:
+            raise PoolClosed("the pool is closed" if self._closed else "the pool is not running (use 'async with')")
+
+    async def _bind(self, lease: Lease, key: PoolKey, config: StdioServerConfig) -> Channel:
+        entry = await self._ready_entry(key, config)
+        assert entry.backend is not None
+        channel = entry.backend.attach(lease._sink)
+        lease._entry = entry
+        lease.channel = channel
+        entry.leases.add(lease)
+        return channel
+
+    def _unbind(self, lease: Lease, *, reason: str) -> None:
+        entry, channel = lease._entry, lease.channel
+        lease._entry = None
+        lease.channel = None
+        if channel is not None:
+            channel.close(reason)
+        if entry is not None:
+            entry.leases.discard(lease)
+            self._maybe_stop(entry)
+
+    async def _move(self, lease: Lease) -> None:
+        """Rebind a lease to the backend of its (new) key and tell its session that lists may have changed."""
+        old_channel = lease.channel
+        state: dict[str, Any] = {"capabilities": {}, "log_level": None, "subscriptions": []}
+        if old_channel is not None:
+            state = {
+                "capabilities": old_channel.capabilities,
+                "log_level": old_channel.log_level,
+                "subscriptions": sorted(old_channel.subscriptions),
+            }
+        self._unbind(lease, reason="server restarted or reconfigured")
+        channel = await self._bind(lease, lease.key, lease.config)
+        await channel.backend.restore(channel, **state)
+        for kind in ("tools", "prompts", "resources"):
+            lease.deliver({"jsonrpc": "2.0", "method": f"notifications/{kind}/list_changed"})
+
+    async def _rebind(self, lease: Lease) -> Channel:
+        """Bind a lease whose backend died to a fresh one (single flight per key through ``_ready_entry``)."""
+        async with lease._rebind_lock:
+            if lease.channel is not None and not lease.channel.closed and lease.channel.backend.alive:
+                return lease.channel
+            self._check_open()
+            await self._move(lease)
+            assert lease.channel is not None
+            return lease.channel
+
+    async def _ready_entry(self, key: PoolKey, config: StdioServerConfig) -> _Entry:
+        while True:
+            self._check_open()
+            entry = self._entries.get(key)
+            if entry is not None and entry.state == "ready" and entry.backend is not None and entry.backend.alive:
+                self._cancel_idle(entry)
+                return entry
+            if entry is None or entry.state in ("stopped", "failed", "crashed", "stopping"):
+                if entry is not None and entry.state == "stopping" and not entry.obsolete:
+                    # A stop is under way for this very key: wait for it, then start afresh.
+                    await entry.finished.wait()
+                    continue
+                entry = _Entry(key, config, self._restarts.get(key, 0))
+                self._entries[key] = entry
+                self._all.add(entry)
+                assert self._tg is not None
+                self._tg.start_soon(self._run, entry, name=f"mcpshare backend {config.name}")
+            entry.waiters += 1
+            self._cancel_idle(entry)
+            try:
+                await entry.ready.wait()
+            finally:
+                entry.waiters -= 1
+            if entry.error is not None:
+                raise entry.error
+            if entry.state == "ready" and entry.backend is not None and entry.backend.alive:
+                return entry
+            # it died between ready and now: loop and start again
+
+    def _cancel_idle(self, entry: _Entry) -> None:
+        if entry.idle_scope is not None:
+            entry.idle_scope.cancel()
+            entry.idle_scope = None
+
+    def _maybe_stop(self, entry: _Entry) -> None:
+        if entry.busy or entry.state not in ("starting", "ready"):
+            return
+        if entry.obsolete or self.idle_grace == 0 or self._closed:
+            entry.stop_requested.set()
+            return
+        if entry.idle_scope is None and self._tg is not None:
+            # The scope exists before the task runs, so a close or an acquire right now can already cancel it.
+            entry.idle_scope = anyio.CancelScope()
+            self._tg.start_soon(self._idle_stop, entry, entry.idle_scope)
+
+    async def _idle_stop(self, entry: _Entry, scope: anyio.CancelScope) -> None:
+        with scope:
+            await anyio.sleep(self.idle_grace)
+            if not entry.busy:
+                entry.stop_requested.set()
+        if entry.idle_scope is scope:
+            entry.idle_scope = None
+
+    # ------------------------------------------------------------------ running one backend
+
+    async def _run(self, entry: _Entry) -> None:
+        config = entry.config
+        key = entry.key
+        argv = (key.command, *key.args)
+        try:
+            environ = child_environment(key, self._base_environ)
+            process = await ServerProcess.spawn(config.name, argv, env=environ, cwd=key.cwd, guardian=self._guardian)
+        except Exception as exc:
+            cause = str(exc) if isinstance(exc, SpawnError) else f"{exc.__class__.__name__}: {exc}"
+            self._fail(entry, ServerStartError(config.name, _display(argv), cause))
+            self._all.discard(entry)
+            entry.finished.set()
+            return
+        self.spawns += 1
+        entry.process = process
+        entry.started_at = time.monotonic()
+        try:
+            await self._serve(entry, process)
+        finally:
+            with anyio.CancelScope(shield=True):
+                final = entry.state
+                if final == "ready":
+                    entry.state = final = "stopping"
+                await process.stop(stdin_grace=self.stop_grace, term_grace=self.stop_grace)
+                if final == "crashed":
+                    self._restarts[key] = self._restarts.get(key, 0) + 1
+                elif final != "failed":
+                    entry.state = "stopped"
+                if self._entries.get(key) is entry:
+                    del self._entries[key]
+                self._all.discard(entry)
+                entry.ready.set()
+                entry.finished.set()
+
+    async def _serve(self, entry: _Entry, process: ServerProcess) -> None:
+        config = entry.config
+
+        def describe_exit() -> str:
+            code = process.returncode
+            tail = process.stderr.tail(10)
+            text = f"exit code {code}" if code is not None else "process still running"
+            return text + (f"; stderr: {tail}" if tail else "")
+
+        backend = Backend(
+            config.name,
+            process.stdin,
+            process.stdout,
+            client_info=self.client_info,
+            roots=lambda: _roots(entry.key),
+            max_line_bytes=self.max_line_bytes,
+            describe_exit=describe_exit,
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(process.drain_stderr)
+            await tg.start(backend.serve)
+            try:
+                with anyio.fail_after(config.startup_timeout_sec):
+                    await backend.initialize()
+            except TimeoutError:
+                tail = process.stderr.tail(20)
+                self._fail(
+                    entry,
+                    ServerStartError(
+                        config.name,
+                        _display(process.argv),
+                        f"no answer to the MCP handshake within {config.startup_timeout_sec:g} s",
+                        stderr_tail=tail,
+                    ),
+                )
+                tg.cancel_scope.cancel()
+                return
+            except BackendError:
+                with anyio.move_on_after(1.0):
+                    await process.wait()
+                await anyio.sleep(0.05)  # let the stderr drain take the last lines
+                self._fail(
+                    entry,
+                    ServerStartError(
+                        config.name,
+                        _display(process.argv),
+                        "the process exited or closed its stdout during the MCP handshake",
+                        returncode=process.returncode,
+                        stderr_tail=process.stderr.tail(20),
+                    ),
+                )
+                tg.cancel_scope.cancel()
+                return
+            entry.backend = backend
+            entry.state = "ready"
+            entry.ready.set()
+            async with anyio.create_task_group() as waiters:
+
+                async def wait_stop() -> None:
+                    await entry.stop_requested.wait()
+                    waiters.cancel_scope.cancel()
+
+                async def wait_closed() -> None:
+                    await backend.closed.wait()
+                    entry.state = "crashed"
+                    waiters.cancel_scope.cancel()
+
+                waiters.start_soon(wait_stop)
+                waiters.start_soon(wait_closed)
+            if entry.state != "crashed":
+                entry.state = "stopping"
+            if entry.state == "stopping":
+                backend.fail("was stopped by the pool", expected=True)
+            tg.cancel_scope.cancel()
+
+    def _fail(self, entry: _Entry, error: ServerStartError) -> None:
+        logger.error("%s", error)
+        entry.error = error
+        entry.state = "failed"
+        if self._entries.get(entry.key) is entry:
+            del self._entries[entry.key]
+        entry.ready.set()
+
+
+def _roots(key: PoolKey) -> list[dict[str, Any]]:
+    """Roots a shared server is told: the workspace its key was made for, or none for a global server."""
+    if key.cwd is None:
+        return []
+    path = Path(key.cwd)
+    return [{"uri": path.as_uri(), "name": path.name or str(path)}]
+
+
+def _display(argv: tuple[str, ...] | list[str]) -> str:
+    """A command for messages: the program and at most a few arguments (arguments may hold secrets)."""
+    shown = [os.path.basename(argv[0]), *argv[1:3]]
+    return " ".join(shown) + (" ..." if len(argv) > 3 else "")
+
+
+def _version() -> str:
+    from mcpshare import __version__
+
+    return __version__
