@@ -83,9 +83,7 @@ async def test_cancel_reaches_the_server_for_that_request_only(marker: str, tmp_
             assert tool_text(await a.call_tool("echo", {"text": "after"})) == "after"
 
 
-def _elicitation_recorder(
-    calls: list[str], name: str
-) -> object:
+def _elicitation_recorder(calls: list[str], name: str) -> object:
     async def elicit(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
         calls.append(name)
         return types.ElicitResult(action="accept", content={"answer": f"from {name}"})
@@ -147,7 +145,9 @@ async def test_ambiguous_elicitation_is_declined_never_guessed(marker: str, tmp_
 
 
 async def test_sampling_reaches_the_calling_session(marker: str, tmp_workspace: Path) -> None:
-    async def sampler(context: ClientRequestContext, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    async def sampler(
+        context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
         return types.CreateMessageResult(
             role="assistant", content=types.TextContent(type="text", text="sampled by a"), model="test-model"
         )

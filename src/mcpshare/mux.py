@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -174,10 +174,17 @@ class Channel:
     session with :class:`SessionOverflow` (its requests are cancelled at the server).
     """
 
-    def __init__(self, backend: Backend, cid: int, sink: MemoryObjectSendStream[Message]) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        cid: int,
+        sink: MemoryObjectSendStream[Message],
+        on_overflow: Callable[[str], None] | None = None,
+    ) -> None:
         self.backend = backend
         self.id = cid
         self._sink = sink
+        self._on_overflow = on_overflow
         self.capabilities: dict[str, Any] = {}
         self.client_info: dict[str, Any] = {}
         self.log_level: str | None = None
@@ -204,8 +211,11 @@ class Channel:
             if message.get("method") in DROPPABLE_NOTIFICATIONS:
                 self.dropped += 1
                 return
-            logger.warning("%s: session %d overflowed its queue; closing it", self.backend.name, self.id)
-            self.backend.detach(self, reason="queue overflow: the session did not read its messages")
+            reason = "queue overflow: the session did not read its messages"
+            logger.warning("%s: session %d overflowed its queue; disconnecting it", self.backend.name, self.id)
+            self.backend.detach(self, reason=reason)
+            if self._on_overflow is not None:
+                self._on_overflow(reason)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             self.backend.detach(self, reason="session stopped reading")
 
@@ -239,6 +249,7 @@ class Backend:
         roots: Callable[[], list[dict[str, Any]]] | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         describe_exit: Callable[[], str] | None = None,
+        wait_exit: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.name = name
         self._send_stream = send_stream
@@ -248,6 +259,7 @@ class Backend:
         self._roots = roots or (lambda: [])
         self._max_line_bytes = max_line_bytes
         self._describe_exit = describe_exit or (lambda: "")
+        self._wait_exit = wait_exit
         self._ids = itertools.count(1)
         self._channel_ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -262,7 +274,8 @@ class Backend:
         self.error: BackendError | None = None
         self.closed = anyio.Event()
         self.stats = MuxStats()
-        self.last_activity = 0.0
+        self._waiting_since: float | None = None
+        self._probing = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -317,6 +330,11 @@ class Backend:
         reason = "closed its stdout"
         try:
             await self._read_loop()
+            if self._wait_exit is not None and self.error is None:
+                # stdout usually ends because the process exits: give it a moment so the error has its exit code.
+                with anyio.move_on_after(1.0):
+                    await self._wait_exit()
+                reason = "exited" if "exit code" in self._describe_exit() else reason
         except BackendError as exc:
             reason = str(exc)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
@@ -346,11 +364,17 @@ class Backend:
 
     # ------------------------------------------------------------------ sessions
 
-    def attach(self, sink: MemoryObjectSendStream[Message]) -> Channel:
-        """A new virtual session whose server-to-client messages go into ``sink``."""
+    def attach(
+        self, sink: MemoryObjectSendStream[Message], *, on_overflow: Callable[[str], None] | None = None
+    ) -> Channel:
+        """A new virtual session whose server-to-client messages go into ``sink``.
+
+        ``on_overflow`` is called (after the session was detached) when ``sink`` is full for a message that may
+        not be dropped: the owner should end the session, so that its reader drains and then sees the end.
+        """
         if self.error is not None:
             raise self.error
-        channel = Channel(self, next(self._channel_ids), sink)
+        channel = Channel(self, next(self._channel_ids), sink, on_overflow)
         self.channels[channel.id] = channel
         return channel
 
@@ -580,6 +604,49 @@ class Backend:
             channel.log_level = log_level
             await self._update_server_level()
 
+    async def watch(self, hang_timeout: float) -> None:
+        """Fail the backend when it stops answering while requests wait.
+
+        Liveness is "requests complete", not "pings answered": a server is only suspected when requests have
+        waited ``hang_timeout / 2`` with no response at all; then it is probed with one ping, and it is declared
+        hung when ``hang_timeout`` passes with still no response to anything (a long tool call on a server that
+        answers pings is healthy).
+        """
+        step = max(min(hang_timeout / 4, 1.0), 0.01)
+        while self.error is None:
+            await anyio.sleep(step)
+            since = self._waiting_since
+            if since is None:
+                continue
+            quiet = anyio.current_time() - since
+            if quiet >= hang_timeout:
+                self.fail(
+                    f"stopped answering: no response for {quiet:.1f} s with {len(self._pending)} request(s) waiting"
+                )
+                return
+            if quiet >= hang_timeout / 2 and not self._probing:
+                self._probing = True
+                self._spawn_write(
+                    {"jsonrpc": "2.0", "id": self._register(_Pending("ping", done=anyio.Event())), "method": "ping"}
+                )
+            elif quiet < hang_timeout / 2:
+                self._probing = False
+
+    def cached_tools(self) -> Any:
+        """The first page of the tool list as last listed (None when nobody listed since the last change)."""
+        return self._tools_cache.get(None)
+
+    async def list_tools(self) -> Any:
+        """The first page of the tool list, from the cache or from the server (then cached)."""
+        cached = self._tools_cache.get(None)
+        if cached is not None:
+            return cached
+        generation = self._tools_generation
+        result = await self.request("tools/list")
+        if generation == self._tools_generation and isinstance(result, dict):
+            self._tools_cache[None] = result
+        return result
+
     def subscribed_uris(self) -> list[str]:
         """URIs with at least one subscriber (to restore after a respawn)."""
         return sorted(self._subscribers)
@@ -612,7 +679,7 @@ class Backend:
                 if len(line) > limit:
                     raise BackendError(f"sent a line longer than the limit of {limit} bytes")
                 self._handle_line(line)
-                await anyio.lowlevel.checkpoint_if_cancelled()
+                await anyio.lowlevel.checkpoint()  # let readers take it before the next line: bursts stay small
 
     def _handle_line(self, line: bytes) -> None:
         line = line.strip()
@@ -647,6 +714,7 @@ class Backend:
             return
         self._progress.pop(backend_id, None)
         self.stats.responses += 1
+        self._answered()
         if entry.done is not None:
             entry.response = message
             entry.done.set()
@@ -711,6 +779,12 @@ class Backend:
         if method == "roots/list":
             self._spawn_write(result_response(request_id, {"roots": self._roots()}))
             return
+        if request_id in self._server_requests:
+            self.stats.dropped += 1
+            self._spawn_write(
+                error_response(request_id, INVALID_REQUEST, f"request id {request_id!r} is already in use")
+            )
+            return
         owner = self.owner_of(message)
         if owner is None:
             self.stats.declined += 1
@@ -753,10 +827,18 @@ class Backend:
     def _register(self, pending: _Pending) -> int:
         backend_id = next(self._ids)
         self._pending[backend_id] = pending
+        if self._waiting_since is None:
+            self._waiting_since = anyio.current_time()
         return backend_id
+
+    def _answered(self) -> None:
+        """Restart the hang clock: the server just answered; it waits on whatever is still pending from now."""
+        self._waiting_since = anyio.current_time() if self._pending else None
 
     def _settle(self, backend_id: int) -> None:
         entry = self._pending.pop(backend_id, None)
+        if not self._pending:
+            self._waiting_since = None
         self._progress.pop(backend_id, None)
         if entry is not None and entry.channel is not None and entry.client_id is not None:
             entry.channel.inflight.pop(entry.client_id, None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 import uuid
 from collections.abc import Mapping
@@ -54,6 +55,14 @@ class LeaseReleased(RuntimeError):
     """The lease was already released."""
 
 
+class ServerDisabled(RuntimeError):
+    """A server failed too often in a row; the circuit breaker refuses to start it until it is reset."""
+
+
+class SessionOverflow(RuntimeError):
+    """The lease's reader did not keep up; it was disconnected (its queue is bounded)."""
+
+
 class ServerStartError(RuntimeError):
     """A server process could not be started or did not complete its handshake.
 
@@ -73,6 +82,17 @@ class ServerStartError(RuntimeError):
         if stderr_tail:
             text += f"\n--- stderr (last lines) ---\n{stderr_tail}"
         super().__init__(text)
+
+
+@dataclass
+class _Health:
+    """Consecutive failures of one key, for backoff and the circuit breaker."""
+
+    server: str
+    failures: int = 0
+    retry_at: float = 0.0
+    last_error: str = ""
+    disabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,8 +165,8 @@ class Lease:
         self.channel: Channel | None = None
         self.released = False
         self._rebind_lock = anyio.Lock()
-        self._log_level: str | None = None
         self.session_open = False
+        self.broken: str | None = None
 
     def __repr__(self) -> str:
         return f"<Lease {self.config.name} {self.key.short()}>"
@@ -173,6 +193,8 @@ class Lease:
         """Send one client-to-server message; respawns a dead backend first (respawn on next use)."""
         if self.released:
             raise LeaseReleased(f"lease on MCP server {self.server!r} was released")
+        if self.broken is not None:
+            raise SessionOverflow(f"session on MCP server {self.server!r} was disconnected: {self.broken}")
         channel = self.channel
         if channel is None or channel.closed or not channel.backend.alive:
             if "method" in message and "id" not in message:
@@ -192,6 +214,16 @@ class Lease:
             self._sink.send_nowait(message)
         except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
             logger.warning("%s: inbox full or closed; dropped a message", self)
+
+    def _overflowed(self, reason: str) -> None:
+        """The inbox was full for a message that may not be dropped: end this session cleanly.
+
+        Closing the inbox lets the reader drain what is queued and then see the end (an SDK session then fails
+        its pending requests at once); the backend and the other sessions never waited for this one.
+        """
+        self.broken = reason
+        self.pool._unbind(self, reason=reason)
+        self._sink.close()
 
     async def release(self) -> None:
         """Give the backend back. Releasing twice is an error; the process stops after the pool's idle grace."""
@@ -227,9 +259,29 @@ class BackendPool:
         guardian: bool = True,
         base_environ: Mapping[str, str] | None = None,
         stop_grace: float = 2.0,
+        hang_timeout: float | None = 120.0,
+        backoff_base: float = 0.25,
+        backoff_max: float = 10.0,
+        breaker_threshold: int = 5,
+        stable_after: float = 30.0,
     ) -> None:
+        """Tuning:
+
+        * ``idle_grace``: seconds a backend without leases lives on (0 = stop at once).
+        * ``hang_timeout``: a backend whose waiting requests get no response at all for this long (after one ping
+          probe at half of it) is declared hung and restarted; None disables the watchdog.
+        * ``backoff_base``/``backoff_max``: exponential backoff (with jitter) before restarting a key that failed.
+        * ``breaker_threshold``: consecutive failures (crashes within ``stable_after`` seconds of start, or
+          failed starts) after which the key is disabled until :meth:`reset`.
+        """
         if idle_grace < 0:
             raise ValueError("idle_grace must be >= 0")
+        self.hang_timeout = hang_timeout
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.breaker_threshold = breaker_threshold
+        self.stable_after = stable_after
+        self._health: dict[PoolKey, _Health] = {}
         self.idle_grace = idle_grace
         self.client_info = dict(client_info or {"name": "mcpshare", "version": _version()})
         self.max_line_bytes = max_line_bytes
@@ -423,7 +475,7 @@ class BackendPool:
     async def _bind(self, lease: Lease, key: PoolKey, config: StdioServerConfig) -> Channel:
         entry = await self._ready_entry(key, config)
         assert entry.backend is not None
-        channel = entry.backend.attach(lease._sink)
+        channel = entry.backend.attach(lease._sink, on_overflow=lease._overflowed)
         lease._entry = entry
         lease.channel = channel
         entry.leases.add(lease)
@@ -439,9 +491,14 @@ class BackendPool:
             entry.leases.discard(lease)
             self._maybe_stop(entry)
 
-    async def _move(self, lease: Lease) -> None:
-        """Rebind a lease to the backend of its (new) key and tell its session that lists may have changed."""
+    async def _move(self, lease: Lease, *, reconfigured: bool = True) -> None:
+        """Rebind a lease to the backend of its (current) key, carrying its session state over.
+
+        After a reconfiguration the session is told that every list may have changed. After a respawn of the
+        same config it is told only when the tool list actually differs from what it could have seen.
+        """
         old_channel = lease.channel
+        old_tools = old_channel.backend.cached_tools() if old_channel is not None else None
         state: dict[str, Any] = {"capabilities": {}, "log_level": None, "subscriptions": []}
         if old_channel is not None:
             state = {
@@ -452,8 +509,16 @@ class BackendPool:
         self._unbind(lease, reason="server restarted or reconfigured")
         channel = await self._bind(lease, lease.key, lease.config)
         await channel.backend.restore(channel, **state)
-        for kind in ("tools", "prompts", "resources"):
-            lease.deliver({"jsonrpc": "2.0", "method": f"notifications/{kind}/list_changed"})
+        if reconfigured:
+            for kind in ("tools", "prompts", "resources"):
+                lease.deliver({"jsonrpc": "2.0", "method": f"notifications/{kind}/list_changed"})
+            return
+        try:
+            new_tools = await channel.backend.list_tools()
+        except BackendError:
+            new_tools = None
+        if old_tools is None or new_tools != old_tools:
+            lease.deliver({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
 
     async def _rebind(self, lease: Lease) -> Channel:
         """Bind a lease whose backend died to a fresh one (single flight per key through ``_ready_entry``)."""
@@ -461,7 +526,7 @@ class BackendPool:
             if lease.channel is not None and not lease.channel.closed and lease.channel.backend.alive:
                 return lease.channel
             self._check_open()
-            await self._move(lease)
+            await self._move(lease, reconfigured=False)
             assert lease.channel is not None
             return lease.channel
 
@@ -476,6 +541,16 @@ class BackendPool:
                 if entry is not None and entry.state == "stopping" and not entry.obsolete:
                     # A stop is under way for this very key: wait for it, then start afresh.
                     await entry.finished.wait()
+                    continue
+                health = self._health.get(key)
+                if health is not None and health.disabled:
+                    raise ServerDisabled(
+                        f"MCP server {config.name!r} is disabled after {health.failures} consecutive failures "
+                        f"(last: {health.last_error}). Fix it, then reset it (BackendPool.reset / "
+                        f"`mcpshare restart {config.name}`)."
+                    )
+                if health is not None and (delay := health.retry_at - anyio.current_time()) > 0:
+                    await anyio.sleep(delay)  # backoff after a failure; then look again (someone may have started it)
                     continue
                 entry = _Entry(key, config, self._restarts.get(key, 0))
                 self._entries[key] = entry
@@ -544,9 +619,7 @@ class BackendPool:
                 if final == "ready":
                     entry.state = final = "stopping"
                 await process.stop(stdin_grace=self.stop_grace, term_grace=self.stop_grace)
-                if final == "crashed":
-                    self._restarts[key] = self._restarts.get(key, 0) + 1
-                elif final != "failed":
+                if final not in ("crashed", "failed"):
                     entry.state = "stopped"
                 if self._entries.get(key) is entry:
                     del self._entries[key]
@@ -571,6 +644,7 @@ class BackendPool:
             roots=lambda: _roots(entry.key),
             max_line_bytes=self.max_line_bytes,
             describe_exit=describe_exit,
+            wait_exit=process.wait,
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(process.drain_stderr)
@@ -610,6 +684,8 @@ class BackendPool:
             entry.backend = backend
             entry.state = "ready"
             entry.ready.set()
+            if self.hang_timeout is not None:
+                tg.start_soon(backend.watch, self.hang_timeout)
             async with anyio.create_task_group() as waiters:
 
                 async def wait_stop() -> None:
@@ -619,6 +695,13 @@ class BackendPool:
                 async def wait_closed() -> None:
                     await backend.closed.wait()
                     entry.state = "crashed"
+                    # Counted now, before the stop below, so a respawn racing with it sees the failure.
+                    key = entry.key
+                    self._restarts[key] = self._restarts.get(key, 0) + 1
+                    uptime = time.monotonic() - entry.started_at
+                    self._record_failure(key, config.name, str(backend.error or "crashed"), uptime=uptime)
+                    if self._entries.get(key) is entry:
+                        del self._entries[key]
                     waiters.cancel_scope.cancel()
 
                 waiters.start_soon(wait_stop)
@@ -629,8 +712,52 @@ class BackendPool:
                 backend.fail("was stopped by the pool", expected=True)
             tg.cancel_scope.cancel()
 
+    def _record_failure(self, key: PoolKey, server: str, error: str, *, uptime: float | None = None) -> None:
+        """Count a failure of ``key``: schedule the next start after a jittered backoff; open the breaker."""
+        health = self._health.setdefault(key, _Health(server))
+        if uptime is not None and uptime >= self.stable_after:
+            health.failures = 0  # it ran fine for a while: this is a new streak
+        health.failures += 1
+        health.last_error = error.splitlines()[0] if error else "unknown error"
+        delay = min(self.backoff_base * 2 ** (health.failures - 1), self.backoff_max)
+        health.retry_at = anyio.current_time() + delay * random.uniform(0.5, 1.0)
+        if health.failures >= self.breaker_threshold:
+            health.disabled = True
+            logger.error("MCP server %r disabled after %d consecutive failures", server, health.failures)
+
+    def reset(self, server: str) -> int:
+        """Close the circuit breaker (and forget the backoff) of every key of ``server``; returns how many."""
+        keys = [key for key, health in self._health.items() if health.server == server]
+        for key in keys:
+            del self._health[key]
+        return len(keys)
+
+    def health(self, server: str) -> list[tuple[int, bool, str]]:
+        """(consecutive failures, disabled, last error) for each key of ``server`` that failed recently."""
+        return [(h.failures, h.disabled, h.last_error) for h in self._health.values() if h.server == server]
+
+    async def restart(self, server: str) -> int:
+        """Reset the breaker of ``server`` and stop its running backends; leases rebind on their next message.
+
+        Returns the number of backends stopped. Requests in flight get an error naming the restart.
+        """
+        self._check_open()
+        self.reset(server)
+        stopped = [e for e in self._all if e.config.name == server and e.state in ("starting", "ready")]
+        for entry in stopped:
+            entry.obsolete = True
+            if self._entries.get(entry.key) is entry:
+                del self._entries[entry.key]
+            self._cancel_idle(entry)
+            entry.stop_requested.set()
+        for entry in stopped:
+            with anyio.CancelScope(shield=True):
+                await entry.finished.wait()
+        return len(stopped)
+
     def _fail(self, entry: _Entry, error: ServerStartError) -> None:
         logger.error("%s", error)
+        self._record_failure(entry.key, entry.config.name, str(error))
         entry.error = error
         entry.state = "failed"
         if self._entries.get(entry.key) is entry:

@@ -534,6 +534,10 @@ class ServerProcess:
             logger.warning("processes %s of MCP server %r survived SIGKILL", survivors, self.name)
         elif self._guardian is not None:
             self._guardian.unregister(self.pgid)
+        if self.returncode is not None:
+            # Close the pipes and the transport now, not in a garbage collector after the loop has gone.
+            with anyio.move_on_after(1.0):
+                await self._process.aclose()
 
     async def _close_stdin(self) -> None:
         """Close our end of the server's stdin: EOF is MCP's stdio shutdown request. Never blocks on the pipe."""
