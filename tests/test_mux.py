@@ -13,10 +13,10 @@ from pathlib import Path
 import anyio
 import mcp_types as types
 import pytest
-from helpers import TESTSERVER, Recorder, count_server_processes, tool_json, tool_text
 from mcp.client.session import ClientRequestContext
 from mcp.shared.exceptions import MCPError
 
+from helpers import TESTSERVER, Recorder, count_server_processes, tool_json, tool_text
 from mcpshare.config import StdioServerConfig
 from mcpshare.pool import BackendPool
 from mcpshare.session import open_session

@@ -18,10 +18,12 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
+from mcp.shared.exceptions import MCPError
+
 from helpers import (
     SERVERS_DIR,
-    TESTSERVER,
     TESTS_DIR,
+    TESTSERVER,
     Recorder,
     count_server_processes,
     is_running,
@@ -29,8 +31,6 @@ from helpers import (
     tool_text,
     wait_until_gone,
 )
-from mcp.shared.exceptions import MCPError
-
 from mcpshare.config import StdioServerConfig
 from mcpshare.pool import BackendPool, Lease, ServerDisabled, ServerStartError, SessionOverflow
 from mcpshare.session import open_session
@@ -350,7 +350,7 @@ def test_host_killed_with_sigkill_leaves_no_server_or_grandchild(marker: str, tm
     host = subprocess.Popen(
         [sys.executable, str(TESTS_DIR / "procs" / "pool_host.py"), marker],
         stdout=subprocess.PIPE,
-        stderr=open(tmp_path / "host.err", "wb"),  # noqa: SIM115 - closed with the process
+        stderr=open(tmp_path / "host.err", "wb"),
         env=env,
         start_new_session=True,
     )
