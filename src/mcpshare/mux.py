@@ -16,6 +16,7 @@ It owns no process: it reads and writes two byte streams, which the pool wires t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -488,6 +489,12 @@ class Backend:
         self.stats.requests += 1
         try:
             await self._write(outgoing)
+        except BackendError as exc:
+            # The server died under us. fail() has answered this request if it was pending then; if not, do it.
+            if self._pending.pop(backend_id, None) is not None:
+                self._progress.pop(backend_id, None)
+                channel.inflight.pop(client_id, None)
+                channel.deliver(error_response(client_id, CONNECTION_CLOSED, str(exc)))
         except BaseException:
             self._settle(backend_id)
             raise
@@ -507,9 +514,11 @@ class Backend:
             if backend_id is None:
                 return  # names nothing of this session's: never let it cancel someone else's request
             self._settle(backend_id)
-            await self._write({**message, "params": {**params, "requestId": backend_id}})
+            with contextlib.suppress(BackendError):  # a cancel for a dead server has nothing left to cancel
+                await self._write({**message, "params": {**params, "requestId": backend_id}})
             return
-        await self._write(message)
+        with contextlib.suppress(BackendError):  # notifications to a dead server are lost with it
+            await self._write(message)
 
     async def _client_response(self, channel: Channel, message: Message) -> None:
         request_id = message["id"]
@@ -521,7 +530,8 @@ class Backend:
             return
         del self._server_requests[request_id]
         if self.error is None:
-            await self._write(message)
+            with contextlib.suppress(BackendError):  # the asking server died meanwhile
+                await self._write(message)
 
     async def _set_level(self, channel: Channel, client_id: RequestId, params: Any) -> None:
         level = params.get("level") if isinstance(params, dict) else None
