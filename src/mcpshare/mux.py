@@ -340,6 +340,9 @@ class Backend:
             reason = str(exc)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             reason = f"pipe error: {exc}"
+        except anyio.get_cancelled_exc_class():
+            self.fail("was stopped", expected=True)  # the owner ended the connection: nothing went wrong
+            raise
         finally:
             self.fail(reason)
 
