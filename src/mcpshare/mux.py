@@ -550,8 +550,16 @@ class Backend:
         channel.deliver(result_response(client_id, {}))
 
     def _wanted_level(self) -> str | None:
+        """The finest level any session needs; None while nobody asked (the server keeps its own default).
+
+        Once someone asked, a session that never did still needs :data:`DEFAULT_SESSION_LOG_LEVEL`.
+        """
         levels = [c.log_level for c in self.channels.values() if c.log_level is not None]
-        return min(levels, key=_LOG_RANK.__getitem__) if levels else None
+        if not levels:
+            return None
+        if any(c.log_level is None for c in self.channels.values()):
+            levels.append(DEFAULT_SESSION_LOG_LEVEL)
+        return min(levels, key=_LOG_RANK.__getitem__)
 
     async def _update_server_level(self) -> None:
         wanted = self._wanted_level()

@@ -231,6 +231,7 @@ class Lease:
             raise LeaseReleased(f"lease on MCP server {self.server!r} was already released")
         self.released = True
         self.pool._unbind(self, reason="lease released")
+        self.pool._leases.discard(self)
         self._sink.close()
 
     async def __aenter__(self) -> Self:
@@ -295,6 +296,7 @@ class BackendPool:
         self._guardian: Guardian | None = None
         self._closed = False
         self._restarts: dict[PoolKey, int] = {}
+        self._leases: set[Lease] = set()
         self.spawns = 0
 
     async def __aenter__(self) -> Self:
@@ -359,6 +361,7 @@ class BackendPool:
             lease._sink.close()
             lease.receive.close()
             raise
+        self._leases.add(lease)
         return lease
 
     async def refresh(self, configs: Mapping[str, StdioServerConfig]) -> list[str]:
@@ -366,34 +369,41 @@ class BackendPool:
 
         Returns the names of the servers whose backend was replaced. Leases of servers not named in ``configs``
         are left alone. A backend whose last lease moved away stops at once: no duplicate process lives on.
+        Every lease is tried even when one new backend fails to start; the failures are raised together at the
+        end, and a lease whose move failed stays unbound: its next message, or the next refresh, tries again.
         """
         self._check_open()
-        replaced: set[str] = set()
         for entry in list(self._all):
             new_config = configs.get(entry.config.name)
-            if new_config is None or entry.state not in ("starting", "ready"):
+            if new_config is not None and new_config != entry.config and not entry.busy:
+                self._retire(entry)  # an idle backend of a changed config: nobody will come back to it
+        replaced: set[str] = set()
+        errors: list[Exception] = []
+        for lease in list(self._leases):
+            new_config = configs.get(lease.config.name)
+            if new_config is None or lease.released:
                 continue
-            if not entry.leases:
-                if new_config != entry.config:
-                    self._retire(entry)
-                continue
-            moves = []
-            for lease in list(entry.leases):
-                new_key = self._key_for(lease, new_config)
-                lease.config = new_config
-                if new_key != lease.key:
-                    moves.append((lease, new_key))
-            if not moves:
-                entry.config = new_config
+            new_key = self._key_for(lease, new_config)
+            entry = lease._entry
+            lease.config = new_config
+            if new_key == lease.key and lease.channel is not None:
+                if entry is not None:
+                    entry.config = new_config  # same process; timeouts and tool filters come from the new config
                 continue
             replaced.add(new_config.name)
-            entry.obsolete = True
-            if self._entries.get(entry.key) is entry:
-                del self._entries[entry.key]
-            for lease, new_key in moves:
-                lease.key = new_key
+            if entry is not None and entry.key != new_key:
+                entry.obsolete = True
+                if self._entries.get(entry.key) is entry:
+                    del self._entries[entry.key]
+            lease.key = new_key
+            try:
                 await self._move(lease)
-            self._maybe_stop(entry)
+            except Exception as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ExceptionGroup("some MCP servers failed to start under their new config", errors)
         return sorted(replaced)
 
     async def relocate(
@@ -460,6 +470,11 @@ class BackendPool:
                 lease.released = True
                 self._unbind(lease, reason="pool closed")
                 lease._sink.close()
+        for lease in list(self._leases):  # leases whose move failed are bound to nothing
+            lease.released = True
+            lease._sink.close()
+        self._leases.clear()
+        for entry in entries:
             self._cancel_idle(entry)
             entry.stop_requested.set()
         with anyio.CancelScope(shield=True):
