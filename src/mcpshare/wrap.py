@@ -1,0 +1,1042 @@
+"""``mcpshare wrap`` / ``mcpshare unwrap``: point a host's stdio servers at the shim, and take it back.
+
+A host (Codex, Claude Code, Claude Desktop) launches what its config file says. To share servers without changing
+the host, we rewrite each stdio entry so that the host launches ``mcpshare connect`` instead, with the real command
+line embedded after ``--``::
+
+    command = "/venv/bin/mcpshare"
+    args = ["connect", "github", "--env-keys", "GITHUB_TOKEN", "--", "npx", "-y", "@modelcontextprotocol/server-github"]
+
+Why embed the command instead of pointing the shim at the file: the broker never has to read this file (which now
+names the shim, so reading it would recurse), and the shim can ``exec`` the real server when no broker can be
+reached. ``--env-keys`` names the variables that belong to the server (its ``env`` table plus ``env_vars``): the host
+sets them on the shim, the shim forwards their values, and they become part of the pool key. ``--share`` carries
+mcpshare's own ``share`` field, which the broker could not otherwise see. Every other field (``env``, ``cwd``,
+timeouts, tool filters, comments) stays where it is: the host still applies them, to the shim.
+
+Why edit in place instead of load-and-dump. These are hand-kept files (``~/.codex/config.toml``) or files other
+programs own (``~/.claude.json``). TOML is edited through tomlkit, which keeps comments and layout; JSON is edited as
+text, by the spans of the few values that change, so the diff of a wrap is the changed ``command``/``args`` values
+and nothing else. Before anything is written, the result is parsed again and compared with the intended change:
+a formatting bug can fail a wrap, never corrupt a config.
+
+Why a backup plus a hash. ``unwrap`` must give back the user's file byte for byte. The first wrap copies the file to
+``<file>.mcpshare-backup`` and records, in ``<file>.mcpshare-backup.json``, the hash of the original and of the
+output it produced from it. If the file still has exactly that output, unwrap restores the backup. If the user
+edited the wrapped file since, restoring the backup would throw their edits away, so unwrap takes each entry back
+from its embedded form instead (the rest of the file is untouched), keeps the backup, and says that the result is
+equivalent but maybe not byte-identical. For the same reason a later wrap never replaces a backup that holds
+something the current file does not.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import re
+import stat
+import sys
+import tempfile
+import tomllib
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import tomlkit
+import tomlkit.exceptions
+from tomlkit.items import Array, String, StringType
+
+from mcpshare.config import ConfigError
+
+__all__ = [
+    "BACKUP_SUFFIX",
+    "SIDECAR_SUFFIX",
+    "WrapResult",
+    "default_mcpshare_command",
+    "is_wrapped",
+    "unwrap_entry",
+    "unwrap_file",
+    "wrap_entry",
+    "wrap_file",
+]
+
+BACKUP_SUFFIX = ".mcpshare-backup"
+"""The original file, as it was before the first wrap: ``<file>.mcpshare-backup``."""
+SIDECAR_SUFFIX = ".mcpshare-backup.json"
+"""Hashes tying the backup to the exact output wrap produced from it: ``<file>.mcpshare-backup.json``."""
+
+_SHARE_SCOPES = ("workspace", "global", "thread")
+_LAUNCHER_SUFFIXES = (".exe", ".cmd", ".bat", ".pyz", ".py")
+
+
+@dataclass
+class WrapResult:
+    """What :func:`wrap_file` or :func:`unwrap_file` did (or, with ``dry_run``, would do) to one file.
+
+    It holds names and reasons only, never file content: configs hold API keys, and results get printed whole.
+
+    Servers are named by their key; servers of a Claude Code project (``projects.<dir>.mcpServers``) as
+    ``NAME@<dir>``, since one name may be configured in several projects.
+    """
+
+    path: Path
+    backup: Path | None
+    """Where the pre-wrap original is kept after this operation; None when there is none (any more)."""
+    changed: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Server -> why it was left alone: "http", "already wrapped", "disabled", "not wrapped", "invalid: ..."."""
+    restored: bool = False
+    """Unwrap only: the file now equals the pre-wrap original byte for byte (and the backup was removed)."""
+    notes: list[str] = field(default_factory=list)
+    """Things the user should know, in sentences (an edited file unwrapped entry by entry, a backup kept...)."""
+    dry_run: bool = False
+
+
+# ---------------------------------------------------------------------------------------------- entries
+
+
+def default_mcpshare_command() -> list[str]:
+    """The launcher to write: the ``mcpshare`` script of this environment, else ``python -m mcpshare``.
+
+    Absolute, because hosts start servers with their own ``PATH`` (Claude Desktop's is minimal), and from this
+    environment, because that is the mcpshare the user just ran.
+    """
+    if not sys.executable:
+        raise RuntimeError("cannot tell where mcpshare is installed (sys.executable is empty); pass the command")
+    bindir = Path(os.path.abspath(sys.executable)).parent
+    names = ("mcpshare.exe", "mcpshare") if os.name == "nt" else ("mcpshare",)
+    for name in names:
+        script = bindir / name
+        if script.is_file() and os.access(script, os.X_OK):
+            return [str(script)]
+    return [os.path.abspath(sys.executable), "-m", "mcpshare"]
+
+
+def _names_mcpshare(word: str) -> bool:
+    """Whether a word of a command line is mcpshare itself (a path to the script, ``mcpshare.exe``, ``-m mcpshare``)."""
+    base = word.replace("\\", "/").rsplit("/", 1)[-1].lower()
+    for suffix in _LAUNCHER_SUFFIXES:
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    return base == "mcpshare"
+
+
+def _connect_index(command: str, args: Sequence[str]) -> int | None:
+    """The index of ``connect`` in ``args`` when the command line runs ``mcpshare connect``, else None.
+
+    Recognized by shape, not by comparing with today's launcher: the venv may have moved, or the file may have been
+    wrapped by another mcpshare (``python -m mcpshare``, ``uvx mcpshare``...). Either way it must not be wrapped twice.
+    """
+    for index, arg in enumerate(args):
+        if arg == "connect" and _names_mcpshare(command if index == 0 else args[index - 1]):
+            return index
+    return None
+
+
+def _embedded_index(command: str, args: Sequence[str]) -> int | None:
+    """The index in ``args`` of the real command embedded after ``connect NAME ... --``, else None.
+
+    The shim takes the first ``--`` of its own arguments as the separator; so do we.
+    """
+    start = _connect_index(command, args)
+    if start is None:
+        return None
+    rest = list(args[start + 1 :])
+    if "--" not in rest:
+        return None
+    index = start + 1 + rest.index("--") + 1
+    return index if index < len(args) else None
+
+
+def is_wrapped(entry: Mapping[str, Any]) -> bool:
+    """Whether a server entry already launches ``mcpshare connect`` (with or without an embedded command)."""
+    command, args = entry.get("command"), entry.get("args", [])
+    if not isinstance(command, str) or not _is_strings(args):
+        return False
+    return _connect_index(command, args) is not None
+
+
+def unwrap_entry(command: str, args: Sequence[str]) -> tuple[str, list[str]] | None:
+    """The real ``(command, args)`` embedded in a wrapped command line; None if it has none (or is not wrapped)."""
+    index = _embedded_index(command, args)
+    if index is None:
+        return None
+    return args[index], list(args[index + 1 :])
+
+
+def wrap_entry(
+    name: str, entry: Mapping[str, Any], *, mcpshare_command: Sequence[str] | None = None
+) -> tuple[str, list[str]]:
+    """The wrapped ``(command, args)`` of one stdio entry; ValueError (why) if it is not a stdio entry to wrap."""
+    launcher = _launcher(mcpshare_command)
+    reason = _wrap_refusal(name, entry)
+    if reason is not None:
+        raise ValueError(f"server {name!r}: {reason}")
+    return launcher[0], [*_prefix(launcher, name, entry), *entry.get("args", [])]
+
+
+def _launcher(mcpshare_command: Sequence[str] | None) -> list[str]:
+    """The launcher words, checked: it must end in mcpshare, or its entries could not be recognized as wrapped."""
+    if mcpshare_command is None:
+        return default_mcpshare_command()
+    if isinstance(mcpshare_command, str):
+        mcpshare_command = [mcpshare_command]
+    launcher = list(mcpshare_command)
+    if not launcher or not all(isinstance(word, str) and word for word in launcher):
+        raise ValueError("the mcpshare command must be a non-empty list of non-empty strings")
+    if not _names_mcpshare(launcher[-1]):
+        raise ValueError(
+            f"the mcpshare command must end in 'mcpshare' (a script path or '-m mcpshare'), got {launcher!r}: "
+            "wrapped entries are recognized by it"
+        )
+    return launcher
+
+
+def _is_strings(value: object) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(item, str) for item in value)
+
+
+def _env_keys(entry: Mapping[str, Any]) -> list[str] | str:
+    """The names of ``env`` then ``env_vars``, without repeats; a reason string if they cannot be listed."""
+    keys: list[str] = []
+    env = entry.get("env", {})
+    if not isinstance(env, Mapping):
+        return "invalid: env is not a table"
+    keys.extend(env)
+    env_vars = entry.get("env_vars", [])
+    if not isinstance(env_vars, list | tuple):
+        return "invalid: env_vars is not a list"
+    for item in env_vars:
+        if isinstance(item, Mapping):  # Codex: {name = "X", source = "local"}
+            item = item.get("name")
+        if not isinstance(item, str) or not item:
+            return "invalid: env_vars holds something that is not a variable name"
+        keys.append(item)
+    for key in keys:
+        if not isinstance(key, str) or not key or "," in key or "=" in key:
+            return f"invalid: cannot pass the variable name {key!r} to the shim"
+    return list(dict.fromkeys(keys))
+
+
+def _wrap_refusal(name: str, entry: object) -> str | None:
+    """Why an entry is left alone by wrap (the reason reported in ``skipped``), or None to wrap it."""
+    if not isinstance(entry, Mapping):
+        return "invalid: not a table"
+    if "command" not in entry:
+        return "http" if "url" in entry else "invalid: neither command nor url"
+    if "url" in entry:
+        return "invalid: has both command and url"
+    command, args = entry["command"], entry.get("args", [])
+    if not isinstance(command, str) or not command.strip():
+        return "invalid: command is not a non-empty string"
+    if not _is_strings(args):
+        return "invalid: args is not a list of strings"
+    if _connect_index(command, args) is not None:
+        return "already wrapped"
+    if entry.get("enabled") is False or entry.get("disabled") is True:
+        return "disabled"
+    if name.startswith("--"):
+        return "invalid: the shim would read a name starting with '--' as an option"
+    keys = _env_keys(entry)
+    if isinstance(keys, str):
+        return keys
+    share = entry.get("share")
+    if share is not None and share not in _SHARE_SCOPES:
+        return f"invalid: share must be one of {', '.join(_SHARE_SCOPES)}"
+    return None
+
+
+def _prefix(launcher: Sequence[str], name: str, entry: Mapping[str, Any]) -> list[str]:
+    """What goes in front of the original args: the rest of the launcher, ``connect NAME [options] --`` and the
+    original command. Keeping the original args as the tail is what lets both formats edit arrays in place."""
+    options: list[str] = []
+    keys = _env_keys(entry)
+    assert isinstance(keys, list), keys  # _wrap_refusal ran first
+    if keys:
+        options += ["--env-keys", ",".join(keys)]
+    if entry.get("share") is not None:
+        options += ["--share", entry["share"]]
+    return [*launcher[1:], "connect", name, *options, "--", entry["command"]]
+
+
+# ---------------------------------------------------------------------------------------------- documents
+
+
+@dataclass(frozen=True)
+class _Server:
+    """One server entry of a document: ``scope`` is the path of keys to it in the parsed data."""
+
+    label: str
+    name: str
+    scope: tuple[str, ...]
+    entry: Any
+
+
+class _Document(Protocol):
+    """One parsed config file that can edit the ``command``/``args`` of its entries and render itself again."""
+
+    plain: Any
+    """The file's data as the standard-library parser sees it (the independent check of every edit)."""
+
+    def servers(self) -> list[_Server]: ...
+
+    def set_wrapped(self, server: _Server, command: str, prefix: Sequence[str]) -> None:
+        """Make the entry run ``command`` with ``prefix`` in front of its args (which are created if absent)."""
+
+    def set_unwrapped(self, server: _Server, command: str, drop: int, keep_empty: bool) -> None:
+        """Make the entry run ``command`` with the first ``drop`` args removed; no args left: ``[]`` or no key."""
+
+    def render(self) -> str: ...
+
+    @staticmethod
+    def reparse(text: str) -> Any: ...
+
+
+def _load(path: Path, text: str) -> _Document:
+    """The document for a file, by suffix as in :func:`mcpshare.config.load_config`."""
+    file = os.fspath(path)
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        return _TomlDocument(text, file)
+    if suffix == ".json":
+        return _JsonDocument(text, file)
+    raise ConfigError(
+        f"unknown config format {suffix or '(no suffix)'!r}; expected .toml (Codex) or .json (mcpServers)", file=file
+    )
+
+
+# ---------------------------------------------------------------------------------------------- TOML (Codex)
+
+
+class _TomlDocument:
+    """A Codex ``config.toml``: ``[mcp_servers.NAME]`` tables (or inline tables, or dotted keys), via tomlkit."""
+
+    def __init__(self, text: str, file: str) -> None:
+        try:
+            self.plain = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            # Python's message already ends in "(at line L, column C)".
+            raise ConfigError(f"invalid TOML: {exc}", file=file) from None
+        try:
+            self._doc = tomlkit.parse(text)
+        except tomlkit.exceptions.TOMLKitError as exc:
+            raise ConfigError(f"invalid TOML: {exc}", file=file) from None
+        # tomlkit writes "\n" for lines it adds; a CRLF file should stay CRLF.
+        self._crlf = "\r\n" in text and re.search(r"(?<!\r)\n", text) is None
+        servers = self.plain.get("mcp_servers", {})
+        if not isinstance(servers, dict):
+            raise ConfigError("'mcp_servers' must be a table", file=file)
+
+    def servers(self) -> list[_Server]:
+        return [
+            _Server(label=name, name=name, scope=("mcp_servers", name), entry=entry)
+            for name, entry in self.plain.get("mcp_servers", {}).items()
+        ]
+
+    def _table(self, server: _Server) -> Any:
+        return self._doc["mcp_servers"][server.name]
+
+    def set_wrapped(self, server: _Server, command: str, prefix: Sequence[str]) -> None:
+        table = self._table(server)
+        table["command"] = _toml_string(command, like=table["command"])
+        args = table.get("args")
+        if args is None:
+            _insert_after(table, "command", "args", _toml_array(prefix))
+        elif _one_item_per_line(args):
+            for index, value in enumerate(prefix):  # in place: keeps the layout and comments of the array
+                args.insert(index, value)
+        else:
+            table["args"] = _toml_array([*prefix, *args])
+
+    def set_unwrapped(self, server: _Server, command: str, drop: int, keep_empty: bool) -> None:
+        table = self._table(server)
+        table["command"] = _toml_string(command, like=table["command"])
+        args = table["args"]
+        if len(args) > drop:
+            if _one_item_per_line(args):
+                for _ in range(drop):
+                    del args[0]
+            else:
+                table["args"] = _toml_array(list(args)[drop:])
+        elif keep_empty:
+            table["args"] = tomlkit.array()
+        else:
+            del table["args"]
+
+    def render(self) -> str:
+        text = tomlkit.dumps(self._doc)
+        return re.sub(r"(?<!\r)\n", "\r\n", text) if self._crlf else text
+
+    @staticmethod
+    def reparse(text: str) -> Any:
+        return tomllib.loads(text)
+
+
+def _toml_string(value: str, *, like: object) -> String:
+    """A TOML string in the quoting style of the value it replaces ('literal' stays literal when it can)."""
+    literal = (
+        isinstance(like, String)
+        and like.type == StringType.SLL
+        and "'" not in value
+        and not any(ord(char) < 32 or ord(char) == 127 for char in value)
+    )
+    return tomlkit.string(value, literal=literal)
+
+
+def _toml_array(values: Sequence[Any]) -> Array:
+    """A one-line array; items that are tomlkit strings keep their own quoting."""
+    array = tomlkit.array()
+    for value in values:
+        array.append(value)
+    return array
+
+
+def _one_item_per_line(array: Array) -> bool:
+    """Whether an array is laid out one item per line (then items are inserted and removed in place, keeping the
+    layout and the comments); any other array is rebuilt on one line, which a partial edit would leave ragged."""
+    if not len(array):
+        return False
+    after_bracket = array.as_string()[1:].lstrip(" \t")
+    return after_bracket.startswith(("\n", "\r", "#"))
+
+
+def _insert_after(table: Any, after: str, key: str, value: Any) -> None:
+    """Add ``key`` right after ``after`` (``args`` reads best next to ``command``); at the end if tomlkit can't."""
+    container = getattr(table, "value", None)
+    insert = getattr(container, "_insert_after", None)
+    if callable(insert):
+        try:
+            insert(after, key, value)
+            return
+        except (KeyError, ValueError, AttributeError, tomlkit.exceptions.TOMLKitError):
+            pass  # dotted keys, out-of-order tables: fall back; the result is checked either way
+    table[key] = value
+
+
+# ---------------------------------------------------------------------------------------------- JSON (mcpServers)
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+@dataclass(eq=False)
+class _JsonValue:
+    """A value's span in the text. Objects and arrays on the way to server entries are scanned into members/items;
+    everything else is decoded whole (at C speed: ``~/.claude.json`` can be megabytes of unrelated state)."""
+
+    start: int
+    end: int
+    value: Any
+    members: list[_JsonMember] | None = None
+    items: list[_JsonValue] | None = None
+
+    def member(self, key: str) -> _JsonMember | None:
+        return next((member for member in self.members or () if member.key == key), None)
+
+
+@dataclass(eq=False)
+class _JsonMember:
+    key: str
+    key_start: int
+    key_end: int
+    value: _JsonValue
+
+
+def _json_descend(path: tuple[str | int, ...]) -> bool:
+    """Whether the scanner needs the inside of the value at ``path``: the way to ``mcpServers.*.args`` and
+    ``projects.*.mcpServers.*.args``."""
+    if path[:1] == ("projects",):
+        if len(path) <= 2:
+            return True
+        path = path[2:]
+    if not path:
+        return True
+    if path[0] != "mcpServers":
+        return False
+    return len(path) <= 2 or (len(path) == 3 and path[2] == "args")
+
+
+def _skip(text: str, index: int) -> int:
+    match = _WHITESPACE.match(text, index)
+    assert match is not None
+    return match.end()
+
+
+def _scan(
+    text: str, index: int, path: tuple[str | int, ...], descend: Callable[[tuple[str | int, ...]], bool]
+) -> _JsonValue:
+    """The value starting at ``index`` (the text is valid JSON: it was parsed whole before)."""
+    char = text[index]
+    if char == "{" and descend(path):
+        members: list[_JsonMember] = []
+        cursor = _skip(text, index + 1)
+        while text[cursor] != "}":
+            key, key_end = _DECODER.raw_decode(text, cursor)
+            colon = _skip(text, key_end)
+            value = _scan(text, _skip(text, colon + 1), (*path, key), descend)
+            members.append(_JsonMember(key, cursor, key_end, value))
+            cursor = _skip(text, value.end)
+            if text[cursor] == ",":
+                cursor = _skip(text, cursor + 1)
+        plain = {member.key: member.value.value for member in members}
+        return _JsonValue(index, cursor + 1, plain, members=members)
+    if char == "[" and descend(path):
+        items: list[_JsonValue] = []
+        cursor = _skip(text, index + 1)
+        while text[cursor] != "]":
+            item = _scan(text, cursor, (*path, len(items)), descend)
+            items.append(item)
+            cursor = _skip(text, item.end)
+            if text[cursor] == ",":
+                cursor = _skip(text, cursor + 1)
+        return _JsonValue(index, cursor + 1, [item.value for item in items], items=items)
+    value, end = _DECODER.raw_decode(text, index)
+    return _JsonValue(index, end, value)
+
+
+class _DuplicateKey(Exception):
+    """A key given twice in one object: json keeps the last silently, and we could edit the wrong one."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+class _JsonDocument:
+    """An ``mcpServers`` JSON file, edited as text: only the spans of the values that change are replaced."""
+
+    def __init__(self, text: str, file: str) -> None:
+        try:
+            self.plain = json.loads(text, object_pairs_hook=_unique_keys)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=file) from None
+        except _DuplicateKey as exc:
+            raise ConfigError(f"duplicate key {exc.args[0]!r} in one JSON object", file=file) from None
+        if not isinstance(self.plain, dict):
+            raise ConfigError("the top level must be a JSON object", file=file)
+        self._text = text
+        self._root: _JsonValue = _scan(text, _skip(text, 0), (), _json_descend)
+        self._edits: list[tuple[int, int, str]] = []
+        self._entries: dict[tuple[str, ...], _JsonValue] = {}
+        self._servers: list[_Server] = []
+        self._collect(self._root, (), None, file)
+        self._newline = "\r\n" if "\r\n" in text else "\n"
+        self._indent = self._detect_indent()
+        self._multiline_arrays = self._detect_array_style()
+
+    def _collect(self, holder: _JsonValue, scope: tuple[str, ...], project: str | None, file: str) -> None:
+        servers = holder.member("mcpServers")
+        if servers is not None:
+            if servers.value.members is None:
+                raise ConfigError(f"'{'.'.join((*scope, 'mcpServers'))}' must be an object", file=file)
+            for member in servers.value.members:
+                label = member.key if project is None else f"{member.key}@{project}"
+                key = (*scope, "mcpServers", member.key)
+                self._entries[key] = member.value
+                self._servers.append(_Server(label, member.key, key, member.value.value))
+        projects = holder.member("projects") if project is None else None
+        if projects is None:
+            return
+        if projects.value.members is None:
+            raise ConfigError("'projects' must be an object", file=file)
+        for member in projects.value.members:
+            if member.value.members is None:
+                raise ConfigError(f"'projects.{member.key}' must be an object", file=file)
+            self._collect(member.value, ("projects", member.key), member.key, file)
+
+    def _detect_indent(self) -> str:
+        """One level of indentation as the file writes it (two spaces, four, a tab); two spaces if it never does."""
+        members = self._root.members or []
+        if members:
+            lead = self._text[self._root.start + 1 : members[0].key_start]
+            if "\n" in lead:
+                unit = lead.rsplit("\n", 1)[1]
+                if unit:
+                    return unit
+        return "  "
+
+    def _detect_array_style(self) -> bool:
+        """Whether new arrays should be written one item per line: only if every non-empty args array already is."""
+        seen_multiline = False
+        for entry in self._entries.values():
+            args = entry.member("args")
+            if args is None or not args.value.items:
+                continue
+            if "\n" not in self._text[args.value.start : args.value.end]:
+                return False
+            seen_multiline = True
+        return seen_multiline
+
+    def servers(self) -> list[_Server]:
+        return list(self._servers)
+
+    def _line_indent(self, index: int) -> str:
+        line_start = self._text.rfind("\n", 0, index) + 1
+        line = self._text[line_start:index]
+        return line[: len(line) - len(line.lstrip(" \t"))]
+
+    def _render_array(self, values: Sequence[str], entry: _JsonValue, anchor: _JsonMember) -> str:
+        multiline = self._multiline_arrays and "\n" in self._text[entry.start : entry.end]
+        dumped = [_dump(value) for value in values]
+        if not multiline:
+            return "[" + ", ".join(dumped) + "]"
+        outer = self._line_indent(anchor.key_start)
+        inner = outer + self._indent
+        return "[" + self._newline + inner + ("," + self._newline + inner).join(dumped) + self._newline + outer + "]"
+
+    def _member_separator(self, entry: _JsonValue, member: _JsonMember) -> str:
+        """The text this object puts between two members (``",\\n      "`` or ``", "``), taken next to ``member``."""
+        members = entry.members or []
+        index = members.index(member)
+        if index + 1 < len(members):
+            return self._text[member.value.end : members[index + 1].key_start]
+        if index > 0:
+            return self._text[members[index - 1].value.end : member.key_start]
+        lead = self._text[entry.start + 1 : member.key_start]
+        return "," + lead if "\n" in lead else ", "
+
+    def _item_separator(self, array: _JsonValue) -> str:
+        items = array.items or []
+        if len(items) >= 2:
+            return self._text[items[0].end : items[1].start]
+        lead = self._text[array.start + 1 : items[0].start]
+        return "," + lead if "\n" in lead else ", "
+
+    def set_wrapped(self, server: _Server, command: str, prefix: Sequence[str]) -> None:
+        entry = self._entries[server.scope]
+        command_member = entry.member("command")
+        args = entry.member("args")
+        assert command_member is not None
+        replacement = _dump(command)
+        if args is None:
+            colon = self._text[command_member.key_end : command_member.value.start]
+            replacement += (
+                self._member_separator(entry, command_member)
+                + _dump("args")
+                + colon
+                + self._render_array(prefix, entry, command_member)
+            )
+        elif not args.value.items:
+            self._edit(args.value.start, args.value.end, self._render_array(prefix, entry, args))
+        else:
+            first = args.value.items[0].start
+            separator = self._item_separator(args.value)
+            self._edit(first, first, "".join(_dump(value) + separator for value in prefix))
+        self._edit(command_member.value.start, command_member.value.end, replacement)
+
+    def set_unwrapped(self, server: _Server, command: str, drop: int, keep_empty: bool) -> None:
+        entry = self._entries[server.scope]
+        command_member = entry.member("command")
+        args = entry.member("args")
+        assert command_member is not None and args is not None and args.value.items is not None
+        self._edit(command_member.value.start, command_member.value.end, _dump(command))
+        items = args.value.items
+        if len(items) > drop:
+            self._edit(items[0].start, items[drop].start, "")
+        elif keep_empty:
+            self._edit(args.value.start, args.value.end, "[]")
+        else:
+            members = entry.members or []
+            index = members.index(args)
+            if index > 0:  # the inverse of inserting it after the previous member
+                self._edit(members[index - 1].value.end, args.value.end, "")
+            else:
+                self._edit(args.key_start, members[index + 1].key_start, "")
+
+    def _edit(self, start: int, end: int, replacement: str) -> None:
+        self._edits.append((start, end, replacement))
+
+    def render(self) -> str:
+        # One pass over the text: ~/.claude.json can hold many projects, so no re-slicing of the whole per edit.
+        pieces: list[str] = []
+        cursor = 0
+        for start, end, replacement in sorted(self._edits):
+            if start < cursor:
+                raise AssertionError("overlapping JSON edits")
+            pieces += [self._text[cursor:start], replacement]
+            cursor = end
+        pieces.append(self._text[cursor:])
+        return "".join(pieces)
+
+    @staticmethod
+    def reparse(text: str) -> Any:
+        return json.loads(text)
+
+
+def _dump(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A config file as read: its bytes, text and mode, and whether it began with a UTF-8 BOM (kept on write)."""
+
+    path: Path
+    raw: bytes
+    text: str
+    bom: bool
+    mode: int
+
+    def encode(self, text: str) -> bytes:
+        return (codecs.BOM_UTF8 if self.bom else b"") + text.encode("utf-8")
+
+
+def _read(path: Path) -> _Source:
+    file = os.fspath(path)
+    try:
+        raw = path.read_bytes()
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=file) from exc
+    bom = raw.startswith(codecs.BOM_UTF8)
+    try:
+        text = raw[len(codecs.BOM_UTF8) if bom else 0 :].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not valid UTF-8 (byte {exc.start})", file=file) from exc
+    return _Source(path, raw, text, bom, mode)
+
+
+def _backup_paths(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + BACKUP_SUFFIX), path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_sidecar(sidecar: Path) -> dict[str, str] | None:
+    """The recorded hashes, or None when the sidecar is missing or unreadable (then unwrap goes entry by entry)."""
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not all(isinstance(data.get(key), str) for key in ("original", "wrapped")):
+        return None
+    return {"original": data["original"], "wrapped": data["wrapped"]}
+
+
+def _sidecar_bytes(original: bytes, wrapped: bytes) -> bytes:
+    record = {"mcpshare_backup": 1, "original": _sha256(original), "wrapped": _sha256(wrapped)}
+    return (json.dumps(record, indent=2) + "\n").encode("utf-8")
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` with ``data`` in one step, with the given permission bits.
+
+    A symlink is followed (the link is kept, its target is replaced), since dotfile managers link these files. The
+    temporary file is created 0600 and gets ``mode`` before it becomes visible under the real name: configs and
+    their backups hold API keys, so none of them is ever more readable than the original.
+    """
+    target = Path(os.path.realpath(path))
+    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _check_unchanged(source: _Source) -> None:
+    """Refuse to write over a file that changed since it was read.
+
+    Hosts write their own configs while they run (Claude Code rewrites ``~/.claude.json`` often); writing our edit
+    of an older content would silently drop theirs. This narrows that window to the instant of the rename.
+    """
+    try:
+        current = source.path.read_bytes()
+    except OSError:
+        current = None
+    if current != source.raw:
+        raise ConfigError(
+            "changed while mcpshare was editing it; nothing was written, run it again", file=os.fspath(source.path)
+        )
+
+
+def _replace_config(source: _Source, data: bytes) -> None:
+    _check_unchanged(source)
+    _write_atomic(source.path, data, source.mode)
+
+
+def _free_rotation(backup: Path) -> Path:
+    number = 1
+    while True:
+        candidate = backup.with_name(f"{backup.name}.{number}")
+        if not candidate.exists():
+            return candidate
+        number += 1
+
+
+def _check_output(
+    document: _Document, output: str, changes: Mapping[tuple[str, ...], tuple[str, list[str] | None]], file: str
+) -> None:
+    """Parse the new text and compare it with the old data plus exactly the intended changes; refuse otherwise.
+
+    The parsers used here are the standard library's, not the editors': an editing bug cannot hide from its own
+    reader. ``changes`` maps an entry's scope to its new command and args (None: no ``args`` key).
+    """
+    expected = copy.deepcopy(document.plain)
+    for scope, (command, args) in changes.items():
+        entry = expected
+        for key in scope:
+            entry = entry[key]
+        entry["command"] = command
+        if args is None:
+            entry.pop("args", None)
+        else:
+            entry["args"] = args
+    try:
+        actual = document.reparse(output)
+    except ValueError as exc:
+        raise RuntimeError(f"{file}: mcpshare produced an unreadable file ({exc}); nothing was written") from None
+    if _canonical(actual) != _canonical(expected):
+        raise RuntimeError(f"{file}: mcpshare's edit changed more than the server commands; nothing was written")
+
+
+def _canonical(data: Any) -> str:
+    # json.dumps spells NaN the same on both sides (NaN != NaN would fail the comparison) and sorts keys, since
+    # where tomlkit puts a new key does not matter; TOML dates become their repr.
+    return json.dumps(data, sort_keys=True, default=repr)
+
+
+def _selection(servers: Collection[str] | None) -> set[str] | None:
+    if servers is None:
+        return None
+    return {servers} if isinstance(servers, str) else set(servers)
+
+
+# ---------------------------------------------------------------------------------------------- wrap
+
+
+def wrap_file(
+    path: str | os.PathLike[str],
+    *,
+    mcpshare_command: Sequence[str] | None = None,
+    servers: Collection[str] | None = None,
+    dry_run: bool = False,
+) -> WrapResult:
+    """Rewrite the stdio servers of a Codex ``.toml`` or ``mcpServers`` ``.json`` file to launch through the shim.
+
+    ``mcpshare_command`` is the launcher (default :func:`default_mcpshare_command`; a lone string is one word);
+    its last word must be mcpshare, which is how wrapped entries are recognized later.
+    ``servers`` limits the change to these names (or ``NAME@<project dir>`` labels). Idempotent: entries already
+    wrapped are skipped, and a file with nothing to wrap is not touched. Raises :class:`ConfigError` (naming the file
+    and, for syntax errors, the line) for a file that cannot be read or parsed.
+    """
+    launcher = _launcher(mcpshare_command)
+    source = _read(Path(path))
+    file = os.fspath(source.path)
+    document = _load(source.path, source.text)
+    result = WrapResult(path=source.path, backup=None, dry_run=dry_run)
+    wanted = _selection(servers)
+    changes: dict[tuple[str, ...], tuple[str, list[str] | None]] = {}
+    any_wrapped = False
+    for server in document.servers():
+        if isinstance(server.entry, Mapping) and is_wrapped(server.entry):
+            any_wrapped = True
+        if wanted is not None and server.name not in wanted and server.label not in wanted:
+            result.skipped[server.label] = "not selected"
+            continue
+        reason = _wrap_refusal(server.name, server.entry)
+        if reason is not None:
+            result.skipped[server.label] = reason
+            continue
+        prefix = _prefix(launcher, server.name, server.entry)
+        document.set_wrapped(server, launcher[0], prefix)
+        changes[server.scope] = (launcher[0], [*prefix, *server.entry.get("args", [])])
+        result.changed.append(server.label)
+    if wanted is not None:
+        known = {name for server in document.servers() for name in (server.name, server.label)}
+        result.skipped.update({name: "not in file" for name in sorted(wanted - known)})
+    backup, sidecar = _backup_paths(source.path)
+    if not changes:
+        result.backup = backup if backup.exists() else None
+        return result
+    output = source.encode(document.render())
+    _check_output(document, output.decode("utf-8-sig"), changes, file)
+    result.backup = backup
+    if not dry_run:
+        _check_unchanged(source)
+    _keep_backup(source, output, backup, sidecar, any_wrapped, result)
+    if not dry_run:
+        _replace_config(source, output)
+    return result
+
+
+def _keep_backup(
+    source: _Source, output: bytes, backup: Path, sidecar: Path, any_wrapped: bool, result: WrapResult
+) -> None:
+    """Make sure the pre-wrap original is in ``backup`` before the file is written, without losing any backup.
+
+    The sidecar pairs the backup with the output made from it; it is only ever written when that pairing is true,
+    since unwrap trusts it to replace the file with the backup.
+    """
+    write = not result.dry_run
+    if not backup.exists():
+        if write:
+            _write_atomic(backup, source.raw, source.mode)
+            _write_atomic(sidecar, _sidecar_bytes(source.raw, output), source.mode)
+        return
+    try:
+        kept = backup.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the backup {backup}: {exc.strerror or exc}", file=os.fspath(source.path)
+        ) from exc
+    record = _read_sidecar(sidecar)
+    if kept == source.raw or (
+        record is not None and record["original"] == _sha256(kept) and record["wrapped"] == _sha256(source.raw)
+    ):
+        # The file is the original itself, or exactly what wrap made of it (say, with fewer servers selected): the
+        # new output is still wrap(backup), so the backup stays and the pairing moves to the new output.
+        if write:
+            _write_atomic(sidecar, _sidecar_bytes(kept, output), source.mode)
+        return
+    if not any_wrapped:
+        # The file holds nothing of ours: it is a new original (unwrapped by hand, or rewritten by its host) and the
+        # backup is from an earlier wrap. Keep that one under a new name and back up the current file.
+        rotated = _free_rotation(backup)
+        result.notes.append(f"an older backup that differs from this file was kept as {rotated}")
+        if write:
+            os.replace(backup, rotated)
+            with contextlib.suppress(OSError):
+                sidecar.unlink()
+            _write_atomic(backup, source.raw, source.mode)
+            _write_atomic(sidecar, _sidecar_bytes(source.raw, output), source.mode)
+        return
+    # Wrapped, then edited by the user: the backup is the true original and stays; the sidecar keeps pointing at the
+    # old output, so unwrap will not restore over the user's edits but take the entries back one by one.
+    result.notes.append(
+        f"the file was edited since it was wrapped; the backup {backup} of the original is kept as it is, and unwrap "
+        "will restore each entry from its embedded command"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- unwrap
+
+
+def unwrap_file(path: str | os.PathLike[str], *, dry_run: bool = False) -> WrapResult:
+    """Give a wrapped file its original servers back.
+
+    If the file is exactly what wrap wrote, the backup is restored byte for byte and removed (``restored``).
+    Otherwise (edited since, or no backup) each wrapped entry gets its embedded command back, the rest of the file
+    stays as it is, the backup is kept, and a note says the result is equivalent but maybe not byte-identical.
+    """
+    source = _read(Path(path))
+    file = os.fspath(source.path)
+    document = _load(source.path, source.text)
+    result = WrapResult(path=source.path, backup=None, dry_run=dry_run)
+    backup, sidecar = _backup_paths(source.path)
+    kept = _read_optional(backup)
+    record = _read_sidecar(sidecar)
+    if (
+        kept is not None
+        and record is not None
+        and record["wrapped"] == _sha256(source.raw)
+        and record["original"] == _sha256(kept)
+    ):
+        for server, _embedded in _wrapped_servers(document, result):
+            result.changed.append(server.label)
+        result.restored = True
+        if not dry_run:
+            _replace_config(source, kept)
+            _remove(sidecar, backup)
+        return result
+
+    original = _load_optional(source.path, kept)
+    changes: dict[tuple[str, ...], tuple[str, list[str] | None]] = {}
+    for server, (command, args) in _wrapped_servers(document, result):
+        keep_empty = _had_args(original, server.scope)
+        document.set_unwrapped(server, command, len(server.entry["args"]) - len(args), keep_empty)
+        changes[server.scope] = (command, args if args or keep_empty else None)
+        result.changed.append(server.label)
+    output = source.raw
+    if changes:
+        output = source.encode(document.render())
+        _check_output(document, output.decode("utf-8-sig"), changes, file)
+    if kept is not None and output == kept:
+        result.restored = True
+        if not dry_run:
+            if changes:
+                _replace_config(source, output)
+            _remove(sidecar, backup)
+        return result
+    result.backup = backup if kept is not None else None
+    if changes:
+        where = f"the original is still in {backup}" if kept is not None else "there is no backup to compare with"
+        result.notes.append(
+            "the file is not exactly what wrap wrote (edited since, or wrapped elsewhere), so the servers were "
+            "unwrapped one by one from their embedded commands: equivalent to the original, but maybe not "
+            f"byte-identical ({where})"
+        )
+        if not dry_run:
+            _replace_config(source, output)
+    return result
+
+
+def _wrapped_servers(document: _Document, result: WrapResult) -> Iterator[tuple[_Server, tuple[str, list[str]]]]:
+    """The entries with an embedded command, in file order; every other entry goes to ``skipped`` with a reason."""
+    for server in document.servers():
+        entry = server.entry
+        if not isinstance(entry, Mapping) or "command" not in entry:
+            result.skipped[server.label] = "http" if isinstance(entry, Mapping) and "url" in entry else "not wrapped"
+            continue
+        if not is_wrapped(entry):
+            result.skipped[server.label] = "not wrapped"
+            continue
+        embedded = unwrap_entry(entry["command"], entry["args"])
+        if embedded is None:
+            result.skipped[server.label] = "wrapped without an embedded command (nothing to restore)"
+            continue
+        yield server, embedded
+
+
+def _read_optional(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _load_optional(path: Path, kept: bytes | None) -> Any:
+    """The backup's data, to tell ``"args": []`` from no ``args`` when an entry is restored one by one."""
+    if kept is None:
+        return None
+    try:
+        return _load(path, kept.decode("utf-8-sig")).plain
+    except (ConfigError, UnicodeDecodeError):
+        return None
+
+
+def _had_args(original: Any, scope: tuple[str, ...]) -> bool:
+    entry = original
+    for key in scope:
+        if not isinstance(entry, Mapping) or key not in entry:
+            return False
+        entry = entry[key]
+    return isinstance(entry, Mapping) and "args" in entry
+
+
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
