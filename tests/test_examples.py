@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import require_node_entry
 from helpers import REPO_ROOT, is_running
 

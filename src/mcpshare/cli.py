@@ -1,0 +1,433 @@
+"""The ``mcpshare`` command line: serve, connect, status, stop, restart, wrap, unwrap, demo.
+
+Layer 9, a typer + rich front over the broker (:mod:`mcpshare.broker`), the shim (:mod:`mcpshare.shim`) and the
+pool. ``connect`` never gets here when the console script is ``mcpshare.entry:main`` (it must not pay for typer and
+rich); it is listed so ``--help`` shows it, and dispatched to the shim if it does arrive. Heavy modules (the SDK,
+the pool) are imported inside the commands that need them, so ``status`` and ``stop`` stay quick.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from mcpshare import __version__, runtime, shim
+
+app = typer.Typer(
+    name="mcpshare",
+    help="One process per stdio MCP server configuration, shared by every thread and agent.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# soft_wrap: messages hold paths, which must stay copy-pasteable (tables still fit the terminal). No markup:
+# server names, paths and errors are data, and "[x]" in one of them must print as is.
+console = Console(soft_wrap=True, markup=False)
+errors = Console(stderr=True, soft_wrap=True, markup=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["connect"]:
+        return shim.main(args[1:])
+    try:
+        app(args=args, prog_name="mcpshare")
+    except SystemExit as exc:
+        if exc.code is None:
+            return 0
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(Text("mcpshare: ", style="bold red") + Text(message), highlight=False)
+    return typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------------------------- serve / connect
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        list[Path] | None,
+        typer.Option("--config", "-c", help="Config file(s) to serve (default: the user's Codex/Claude/.mcp.json)."),
+    ] = None,
+    idle_grace: Annotated[
+        float | None,
+        typer.Option(help="Seconds a server without clients lives on [default: $MCPSHARE_IDLE_GRACE or 60]."),
+    ] = None,
+    http: Annotated[
+        int | None,
+        typer.Option(
+            "--http", metavar="PORT", min=0, max=65535, help="Also serve Streamable HTTP on 127.0.0.1:PORT (0: any)."
+        ),
+    ] = None,
+    log_file: Annotated[Path | None, typer.Option(help="Log file [default: broker.log in the runtime dir].")] = None,
+    exit_idle: Annotated[
+        float | None, typer.Option(help="Exit after this many seconds without any client or server.")
+    ] = None,
+    autostarted: Annotated[bool, typer.Option(hidden=True)] = False,
+) -> None:
+    """Run the broker: one shared process per server config for every `mcpshare connect` client."""
+    from mcpshare.broker import ENV_IDLE_GRACE, BrokerOptions, BrokerRunning, env_seconds, run
+    from mcpshare.config import ConfigError, load_config
+    from mcpshare.pool import DEFAULT_IDLE_GRACE
+
+    paths = [path.absolute() for path in config or []]
+    for path in paths:
+        try:
+            load_config(path)
+        except ConfigError as exc:
+            raise _fail(str(exc), 2) from None
+    options = BrokerOptions(
+        configs=tuple(paths),
+        idle_grace=idle_grace if idle_grace is not None else env_seconds(ENV_IDLE_GRACE, DEFAULT_IDLE_GRACE),
+        exit_idle=exit_idle,
+        http_port=http,
+        log_file=log_file,
+        log_stderr=not autostarted,
+    )
+    try:
+        run(options)
+    except BrokerRunning as exc:
+        if autostarted:
+            raise typer.Exit(0) from None
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot run the broker: {exc}") from None
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def connect(ctx: typer.Context) -> None:
+    """Stdio shim for MCP clients: `mcpshare connect NAME [--config FILE | -- COMMAND ARGS...]` (see --help)."""
+    raise typer.Exit(shim.main(list(ctx.args)))
+
+
+# ---------------------------------------------------------------------------------------------- control
+
+
+def _control(command: str, **fields: Any) -> dict[str, Any] | None:
+    try:
+        answer: Any = shim.control(command, **fields)  # JSON: dict[str, object] from the stdlib-only shim
+    except shim.BrokerUnavailable as exc:
+        raise _fail(str(exc)) from None
+    if answer is not None and answer.get("ok") is not True:
+        raise _fail(str(answer.get("error", "the broker refused the request")))
+    return answer
+
+
+def _no_broker() -> str:
+    return f"no mcpshare broker is running (socket: {runtime.RuntimePaths.default().socket})"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def _megabytes(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.1f} MB"
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    """Plain JSON on stdout, for scripts: no colours, no wrapping."""
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print the broker's answer as JSON.")] = False) -> None:
+    """Show the broker and the server processes it shares (exit status 1 when no broker runs)."""
+    answer = _control("status")
+    if answer is None:
+        if as_json:
+            _print_json({"running": False, "socket": runtime.RuntimePaths.default().socket})
+        else:
+            errors.print(_no_broker(), highlight=False)
+        raise typer.Exit(1)
+    if as_json:
+        _print_json({"running": True, **{key: value for key, value in answer.items() if key != "ok"}})
+        return
+    broker = answer["broker"]
+    table = Table(title=f"mcpshare broker pid {broker['pid']}, up {_duration(broker['uptime'])}", title_justify="left")
+    for column in ("server", "key", "pid", "state", "clients", "restarts", "uptime", "RSS"):
+        table.add_column(column, justify="right" if column in ("pid", "clients", "restarts", "RSS") else "left")
+    for row in answer["servers"]:
+        table.add_row(
+            row["server"],
+            row["key"],
+            str(row["pid"] or "-"),
+            row["state"],
+            str(row["clients"]),
+            str(row["restarts"]),
+            _duration(row["uptime"]),
+            _megabytes(row["rss"]),
+        )
+    console.print(table)
+    configs = ", ".join(broker["configs"]) or "none found"
+    if broker["default_configs"]:
+        configs = f"the user's ({configs}; .mcp.json per client cwd)"
+    console.print(
+        f"{answer['connections']} client connection(s); socket {broker['socket']}; log {broker['log']}; "
+        f"configs: {configs}; idle grace {broker['idle_grace']:g} s"
+        + (f"; HTTP {broker['http']}<server> (bearer token in {broker['http_token']})" if broker.get("http") else ""),
+        highlight=False,
+    )
+
+
+@app.command()
+def stop(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker to finish.")] = 30.0,
+) -> None:
+    """Stop the broker and every server it runs."""
+    answer = _control("stop")
+    if answer is None:
+        console.print(_no_broker(), highlight=False)
+        return
+    paths = runtime.RuntimePaths.default()
+    deadline = time.monotonic() + timeout
+    while runtime.lock_held(paths.lock):
+        if time.monotonic() > deadline:
+            raise _fail(f"the broker (pid {answer['pid']}) is still stopping after {timeout:g} s")
+        time.sleep(0.05)
+    console.print(f"stopped the mcpshare broker (pid {answer['pid']}) and its servers", highlight=False)
+
+
+@app.command()
+def restart(server: Annotated[str, typer.Argument(help="Server name, as in the config.")]) -> None:
+    """Restart a server's processes (and reset its circuit breaker); clients reconnect on their next request."""
+    answer = _control("restart", server=server)
+    if answer is None:
+        raise _fail(_no_broker())
+    stopped = answer["stopped"]
+    if stopped:
+        console.print(f"restarted {server!r}: stopped {stopped} process(es); the next request starts it again")
+    else:
+        console.print(f"no process of {server!r} was running; its circuit breaker was reset")
+
+
+# ---------------------------------------------------------------------------------------------- wrap / unwrap
+# The editing itself is mcpshare.wrap's (imported lazily, so every other command works without it); this front only
+# turns options into arguments and a WrapResult into sentences.
+
+
+def _wrap_module() -> Any:
+    try:
+        return importlib.import_module("mcpshare.wrap")
+    except ImportError as exc:
+        raise _fail(f"`mcpshare wrap` is not available in this installation ({exc})") from None
+
+
+def _show(result: Any, verb: str) -> None:
+    """Say what wrap/unwrap did: names and reasons only (WrapResult never holds file content)."""
+    path = getattr(result, "path", None)
+    if getattr(result, "restored", False):
+        console.print(f"restored {path} byte for byte from its backup", highlight=False)
+    elif changed := list(getattr(result, "changed", [])):
+        console.print(f"{verb} {len(changed)} server(s) in {path}: {', '.join(changed)}", highlight=False)
+    else:
+        console.print(f"nothing to {verb.removesuffix('ped')} in {path}", highlight=False)
+    for name, reason in dict(getattr(result, "skipped", {})).items():
+        console.print(f"  left alone: {name} ({reason})", highlight=False)
+    if getattr(result, "backup", None) is not None:
+        console.print(f"  the original is kept in {result.backup}", highlight=False)
+    for note in getattr(result, "notes", []):
+        console.print(f"  note: {note}", highlight=False)
+    if getattr(result, "dry_run", False):
+        console.print("  (dry run: nothing was written)", highlight=False)
+
+
+@app.command()
+def wrap(
+    config: Annotated[Path, typer.Argument(help="A Codex config.toml or an mcpServers JSON file.")],
+    server: Annotated[
+        list[str] | None,
+        typer.Option("--server", "-s", help="Only these servers (repeatable; NAME@DIR for a project)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Say what would change; write nothing.")] = False,
+) -> None:
+    """Rewrite a client config so its stdio servers run through `mcpshare connect` (the original is kept)."""
+    module = _wrap_module()
+    try:
+        result = module.wrap_file(config, servers=server or None, dry_run=dry_run)  # launcher: wrap's default
+    except (OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    _show(result, "wrapped")
+
+
+@app.command()
+def unwrap(
+    config: Annotated[Path, typer.Argument(help="A config file changed by `mcpshare wrap`.")],
+    dry_run: Annotated[bool, typer.Option(help="Say what would change; write nothing.")] = False,
+) -> None:
+    """Undo `mcpshare wrap`: the servers run directly again."""
+    module = _wrap_module()
+    try:
+        result = module.unwrap_file(config, dry_run=dry_run)
+    except (OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    _show(result, "unwrapped")
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+_REPO = Path(__file__).resolve().parents[2]
+_EVERYTHING = _REPO / "tests/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+_TESTSERVER = _REPO / "tests/servers/testserver.py"
+_ECHO_SERVER = """
+from mcp.server.mcpserver import MCPServer
+server = MCPServer("mcpshare-demo-echo")
+@server.tool()
+def echo(text: str) -> str:
+    return text
+server.run("stdio")
+"""
+
+
+def demo_servers() -> dict[str, list[str]]:
+    """What the demo shares: server-everything when installed, and an SDK server (the repo's test server, or a
+    one-tool echo server when mcpshare is installed without its tests)."""
+    servers: dict[str, list[str]] = {}
+    node = shutil.which("node")
+    if node and _EVERYTHING.is_file():
+        servers["everything"] = [node, str(_EVERYTHING), "stdio"]
+    elif everything := shutil.which("mcp-server-everything"):
+        servers["everything"] = [everything, "stdio"]
+    if _TESTSERVER.is_file():
+        servers["testserver"] = [sys.executable, str(_TESTSERVER)]
+    else:
+        servers["echo"] = [sys.executable, "-c", _ECHO_SERVER]
+    return servers
+
+
+@dataclasses.dataclass
+class _DemoRow:
+    server: str
+    threads: int
+    processes: int
+    rss: int
+
+
+def _process_tree(pid: int | None) -> list[Any]:
+    import psutil
+
+    if pid is None:
+        return []
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+async def _run_demo(threads: int, servers: dict[str, list[str]]) -> tuple[list[_DemoRow], dict[str, Any]]:
+    """Start ``threads`` threads, have each call an echo tool of every server, then count processes with psutil."""
+    import anyio
+    import psutil
+
+    from mcpshare.config import McpConfig, StdioServerConfig
+    from mcpshare.threads import ThreadManager
+
+    config = McpConfig(
+        {name: StdioServerConfig(name=name, command=argv[0], args=tuple(argv[1:])) for name, argv in servers.items()}
+    )
+    calls = 0
+    started = time.monotonic()
+    async with ThreadManager(config, idle_grace=0) as manager:
+
+        async def one_thread(index: int) -> None:
+            nonlocal calls
+            thread = await manager.start_thread(cwd=os.getcwd())
+            for tool in await thread.list_tools():
+                if tool.tool.name == "echo":
+                    argument = (tool.tool.input_schema.get("required") or ["text"])[0]
+                    await thread.call_tool(tool.name, {argument: f"hello from thread {index}"})
+                    calls += 1
+
+        async with anyio.create_task_group() as tg:
+            for index in range(threads):
+                tg.start_soon(one_thread, index)
+        elapsed = time.monotonic() - started
+        rows = []
+        pids = []
+        for info in manager.snapshot().backends:
+            tree = _process_tree(info.pid)
+            pids.extend(proc.pid for proc in tree)
+            rss = sum(proc.memory_info().rss for proc in tree)
+            rows.append(_DemoRow(info.server, info.leases, len(tree), rss))
+        descendants = psutil.Process().children(recursive=True)
+        guardians = [p for p in descendants if "_guardian" in " ".join(p.cmdline())]
+    left = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    facts = {
+        "elapsed": elapsed,
+        "calls": calls,
+        "descendants": len(descendants),
+        "guardians": len(guardians),
+        "left": left,
+    }
+    return rows, facts
+
+
+@app.command()
+def demo(
+    threads: Annotated[int, typer.Option(min=1, max=200, help="Number of threads (conversations).")] = 20,
+) -> None:
+    """The main job, live: N threads on one ThreadManager, one process per server instead of one per thread."""
+    import anyio
+
+    servers = demo_servers()
+    console.print(f"starting {threads} threads sharing: {', '.join(servers)} ...", highlight=False)
+    rows, facts = anyio.run(_run_demo, threads, servers, backend="asyncio")
+    table = Table(title=f"{threads} threads, {facts['calls']} tool calls in {facts['elapsed']:.1f} s")
+    columns = ("server", "threads", "procs pooled", "procs 1/thread", "RSS pooled", "RSS 1/thread (est.)")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "server" else "right")
+    for row in rows:
+        table.add_row(
+            row.server,
+            str(row.threads),
+            str(row.processes),
+            str(row.processes * threads),
+            _megabytes(row.rss),
+            _megabytes(row.rss * threads),
+        )
+    pooled = sum(row.processes for row in rows)
+    rss = sum(row.rss for row in rows)
+    table.add_row("total", str(threads), str(pooled), str(pooled * threads), _megabytes(rss), _megabytes(rss * threads))
+    console.print(table)
+    console.print(
+        f"psutil: this process has {facts['descendants']} descendants = {pooled} server process(es) "
+        f"+ {facts['guardians']} guardian, instead of {pooled * threads} with one process per thread.",
+        highlight=False,
+    )
+    if facts["left"]:
+        raise _fail(f"server processes still running after shutdown: {facts['left']}")
+    console.print("shut down cleanly: every server process stopped.")
+
+
+@app.command()
+def version() -> None:
+    """Print the mcpshare version."""
+    console.print(f"mcpshare {__version__}")

@@ -1,0 +1,497 @@
+"""``mcpshare connect``: the stdio shim an MCP client launches instead of the real server.
+
+The client thinks it started a server; the shim connects to the broker's Unix socket, says which server it wants
+(and its cwd and environment, which decide the pool key), and then relays bytes both ways. The broker gives the
+connection a virtual session on the one shared process of that key, so its ``initialize`` is answered from the
+cached handshake and it sees only its own responses, progress and server-to-client requests.
+
+Why so frugal. One shim runs per (client x server), so its cost is multiplied: a CPython process that imports the
+SDK is ~40 MB and half a second. This module and :mod:`mcpshare.runtime` import only cheap standard-library
+modules (no SDK, anyio, typer, rich or psutil; test_shim.py checks it), parse arguments by hand (argparse is slow
+to import) and relay with two plain threads and blocking ``os.read``/``sendall``: ~11 MB and tens of milliseconds.
+
+Why autostart. The first client to need the broker starts it, detached (double fork, new session). Ten clients
+starting at once may each start one; each broker takes an exclusive ``flock`` before doing anything else, the
+losers exit quietly, and the shims retry their connection with a bounded backoff until the winner listens.
+
+Why a fallback. When the broker cannot be reached or started, or refuses the hello, the client must still work:
+if the shim knows the real command (embedded after ``--``, or found in the config file), it says so on stderr and
+``exec``s the real server in its own place, so the client talks to it directly (unshared).
+"""
+
+from __future__ import annotations
+
+import _socket
+import os
+import sys
+import time
+
+from mcpshare import runtime
+
+USAGE = """\
+usage: mcpshare connect NAME [--config FILE] [--no-autostart]
+       mcpshare connect NAME [--env-keys A,B] [--share SCOPE] [--cwd DIR] [--no-autostart] -- COMMAND [ARGS...]
+
+Relay stdio between an MCP client and the shared MCP server NAME run by the mcpshare broker (started on demand).
+
+  --config FILE     the broker reads server NAME from FILE (Codex .toml or mcpServers .json)
+  -- COMMAND ...    the server's command line; the broker runs it as server NAME (what `mcpshare wrap` writes)
+  --env-keys A,B    with a command: the environment variables that belong to the server (their values are part
+                    of the pool key, so clients with different values never share a process)
+  --share SCOPE     with a command: workspace (default: one process per client cwd), global, or thread
+  --cwd DIR         with a command: the server's working directory (relative to the client's cwd)
+  --no-autostart    never start a broker (also: MCPSHARE_NO_AUTOSTART=1)
+
+With neither --config nor a command, the broker looks NAME up in its own configs. If the broker cannot be reached,
+the shim runs the server directly (unshared) when it knows the command, and says so on stderr.
+"""
+
+ENV_NO_AUTOSTART = "MCPSHARE_NO_AUTOSTART"
+ENV_CONNECT_TIMEOUT = "MCPSHARE_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds to wait for a broker to come up (the autostarted one imports the SDK: ~1 s on a cold cache)."""
+HELLO_TIMEOUT = 180.0
+"""Seconds to wait for the broker's answer; it answers once the server is started (startup_timeout_sec, 30 s
+by default, longer for a first ``npx`` download), so this only catches a broker that hangs."""
+RESPAWN_INTERVAL = 3.0
+"""Seconds between two autostart attempts of one shim, while no broker holds the lock."""
+SHARE_SCOPES = ("workspace", "global", "thread")
+CHUNK = 65536
+
+
+class UsageError(Exception):
+    """Bad command line."""
+
+
+class HelpRequested(Exception):
+    """``-h`` or ``--help`` (before ``--``: after it, they belong to the server)."""
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot be reached, started, or refused us; the message says why, for the user."""
+
+
+class NoBroker(BrokerUnavailable):
+    """Nothing listens on the socket (and we were not to start a broker)."""
+
+
+class Request:
+    """What the command line asked for."""
+
+    __slots__ = ("autostart", "command", "config", "cwd", "env_keys", "server", "share")
+
+    def __init__(self) -> None:
+        self.server = ""
+        self.config: str | None = None
+        self.command: list[str] | None = None
+        self.env_keys: list[str] = []
+        self.share: str | None = None
+        self.cwd: str | None = None
+        self.autostart = True
+
+
+def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> Request:
+    """The command line as a :class:`Request`; :class:`UsageError` with a one-line reason otherwise."""
+    env = os.environ if environ is None else environ
+    args = list(argv)
+    request = Request()
+    if "--" in args:
+        split = args.index("--")
+        request.command = args[split + 1 :]
+        args = args[:split]
+        if not request.command:
+            raise UsageError("'--' must be followed by the server's command")
+    positional: list[str] = []
+    items = iter(args)
+    for arg in items:
+        if arg in ("-h", "--help"):
+            raise HelpRequested
+        if not arg.startswith("--"):
+            positional.append(arg)
+            continue
+        name, has_value, value = arg[2:].partition("=")
+        if name == "no-autostart":
+            request.autostart = False
+            continue
+        if name not in ("config", "env-keys", "share", "cwd"):
+            raise UsageError(f"unknown option --{name}")
+        if not has_value:
+            following = next(items, None)
+            if following is None:
+                raise UsageError(f"--{name} needs a value")
+            value = following
+        if name == "config":
+            request.config = value
+        elif name == "env-keys":
+            request.env_keys = [key for key in value.split(",") if key]
+        elif name == "share":
+            if value not in SHARE_SCOPES:
+                raise UsageError(f"--share must be one of {', '.join(SHARE_SCOPES)}, got {value!r}")
+            request.share = value
+        else:
+            request.cwd = value
+    if len(positional) != 1:
+        if not positional:
+            raise UsageError("the server NAME is missing")
+        raise UsageError(f"unexpected argument {positional[1]!r} (put the server's command after --)")
+    request.server = positional[0]
+    if request.command is None and (request.env_keys or request.share or request.cwd):
+        raise UsageError("--env-keys, --share and --cwd describe an embedded command: give it after --")
+    if request.command is not None and request.config is not None:
+        raise UsageError("give either --config FILE or a command after --, not both")
+    if env.get(ENV_NO_AUTOSTART, "") not in ("", "0"):
+        request.autostart = False
+    return request
+
+
+def build_hello(request: Request, *, cwd: str, environ: dict[str, str]) -> dict[str, object]:
+    """The first line sent to the broker (see :mod:`mcpshare.runtime` for the protocol)."""
+    spec = None
+    if request.command is not None:
+        spec = {
+            "command": request.command[0],
+            "args": request.command[1:],
+            "env": {key: environ[key] for key in request.env_keys if key in environ},
+            "cwd": request.cwd,
+            "share": request.share,
+        }
+    config = os.path.join(cwd, request.config) if request.config is not None else None
+    return {
+        "mcpshare": runtime.PROTOCOL,
+        "server": request.server,
+        "config": config,
+        "spec": spec,
+        "cwd": cwd,
+        "env": environ,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- reaching the broker
+
+
+def open_connection(paths: runtime.RuntimePaths, *, autostart: bool, timeout: float) -> _socket.socket:
+    """A connected socket to the broker, starting one if allowed; :class:`BrokerUnavailable` otherwise.
+
+    Connection attempts back off from 5 ms to 100 ms; a broker is (re)started only while nobody holds the broker
+    lock, and at most every :data:`RESPAWN_INTERVAL` seconds, so a crowd of shims does not fork a crowd of brokers.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    last_spawn: float | None = None
+    while True:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.connect(paths.socket)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+        except OSError as exc:
+            sock.close()
+            raise BrokerUnavailable(f"cannot connect to the broker at {paths.socket}: {exc.strerror or exc}") from None
+        if not autostart:
+            raise NoBroker(f"no mcpshare broker is running at {paths.socket} (autostart is off)")
+        now = time.monotonic()
+        if now >= deadline:
+            raise BrokerUnavailable(f"the mcpshare broker did not come up within {timeout:g} s (log: {paths.log})")
+        if (last_spawn is None or now - last_spawn >= RESPAWN_INTERVAL) and not _lock_held(paths):
+            try:
+                runtime.ensure_runtime_dir(paths.directory)
+                start_broker(paths)
+            except OSError as exc:
+                raise BrokerUnavailable(f"cannot start the mcpshare broker: {exc}") from None
+            last_spawn = now
+        time.sleep(min(delay, max(deadline - now, 0.0)))
+        delay = min(delay * 2, 0.1)
+
+
+def _lock_held(paths: runtime.RuntimePaths) -> bool:
+    try:
+        return runtime.lock_held(paths.lock)
+    except OSError:
+        return False
+
+
+def broker_command() -> list[str]:
+    """How to run a broker with this very installation (``-P``: the client's cwd must not shadow our package)."""
+    return [sys.executable, "-P", "-m", "mcpshare", "serve", "--autostarted"]
+
+
+def start_broker(paths: runtime.RuntimePaths) -> None:
+    """Start a detached broker: double fork, new session, stdio on /dev/null and its stderr on the log file.
+
+    Detached so it outlives this client and is nobody's child to reap; inheritable descriptors the client gave us
+    are closed, or the broker would hold the client's pipes open forever. A failed exec is reported through a
+    close-on-exec pipe (as subprocess does), so it fails this call at once instead of a connect timeout later.
+    """
+    argv = broker_command()
+    log_fd = os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    status_r, status_w = os.pipe()  # both close-on-exec: EOF on status_r means the exec happened
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            os.close(status_r)
+            _exec_detached(argv, log_fd, status_w)
+        os.close(status_w)
+        status_w = -1
+        os.waitpid(pid, 0)
+        failure = os.read(status_r, 256)
+    finally:
+        os.close(log_fd)
+        os.close(status_r)
+        if status_w >= 0:
+            os.close(status_w)
+    if failure:
+        raise OSError(f"cannot run {argv[0]!r}: {failure.decode(errors='replace')}")
+
+
+def _exec_detached(argv: list[str], log_fd: int, status_fd: int) -> None:  # pragma: no cover - a forked child
+    try:
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.dup2(log_fd, 2)
+        os.closerange(3, status_fd)
+        os.closerange(status_fd + 1, max(os.sysconf("SC_OPEN_MAX"), status_fd + 1))
+        try:
+            os.chdir(os.path.expanduser("~"))  # not the client's cwd: a broker must not pin a project directory
+        except OSError:
+            os.chdir("/")
+        os.execv(argv[0], argv)
+    except BaseException as exc:
+        try:
+            os.write(status_fd, str(exc).encode(errors="replace")[:256])
+        except OSError:
+            pass
+    os._exit(127)
+
+
+def handshake(sock: _socket.socket, hello: dict[str, object], *, timeout: float) -> tuple[dict[str, object], bytes]:
+    """Send a hello or control line, read the one-line answer; return it and any bytes that followed it."""
+    sock.settimeout(timeout)
+    try:
+        sock.sendall(runtime.encode_line(hello))
+        buffer = b""
+        while b"\n" not in buffer:
+            chunk = sock.recv(CHUNK)
+            if not chunk:
+                raise BrokerUnavailable("the broker closed the connection without answering")
+            buffer += chunk
+            if len(buffer) > runtime.MAX_HELLO_BYTES:
+                raise BrokerUnavailable("the broker's answer is not a protocol line")
+    except TimeoutError:
+        raise BrokerUnavailable(f"no answer from the broker within {timeout:g} s") from None
+    except OSError as exc:
+        raise BrokerUnavailable(f"lost the broker during the hello: {exc.strerror or exc}") from None
+    finally:
+        sock.settimeout(None)
+    line, _, rest = buffer.partition(b"\n")
+    try:
+        return runtime.decode_line(line), rest
+    except ValueError:
+        raise BrokerUnavailable("the broker's answer is not a protocol line") from None
+
+
+def control(
+    command: str, *, paths: runtime.RuntimePaths | None = None, timeout: float = 30.0, **fields: object
+) -> dict[str, object] | None:
+    """Send one control request (status, stop, restart, ping) and return the answer; None when no broker runs.
+
+    Never starts a broker: asking a broker that is not there for its status must not create one. Other failures
+    (permissions, a broker that does not answer) raise :class:`BrokerUnavailable`.
+    """
+    paths = paths or runtime.RuntimePaths.default()
+    try:
+        sock = open_connection(paths, autostart=False, timeout=0)
+    except NoBroker:
+        return None
+    try:
+        answer, _ = handshake(sock, {"mcpshare": runtime.PROTOCOL, "control": command, **fields}, timeout=timeout)
+    finally:
+        sock.close()
+    return answer
+
+
+# ---------------------------------------------------------------------------------------------- relaying
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class _Relay:
+    """Two blocking copies: the client's stdin -> socket in a thread, socket -> the client's stdout here."""
+
+    def __init__(self, sock: _socket.socket) -> None:
+        self.sock = sock
+        self.client_closed = False
+
+    def pump_stdin(self) -> None:
+        while True:
+            try:
+                data = os.read(0, CHUNK)
+            except OSError:
+                data = b""
+            if not data:
+                # Set before the half-close: the broker answers our EOF by closing, and the reader must then know
+                # the end was the client's doing, not a broker failure.
+                self.client_closed = True
+                try:
+                    self.sock.shutdown(_socket.SHUT_WR)
+                except OSError:
+                    pass
+                return
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                return  # the broker is gone: the reader sees it too, and reports it
+
+    def pump_socket(self, leftover: bytes) -> bool:
+        """Copy until the broker closes; True if the end was normal (the client closed, or stopped reading)."""
+        try:
+            if leftover:
+                _write_all(1, leftover)
+            while True:
+                data = self.sock.recv(CHUNK)
+                if not data:
+                    return self.client_closed
+                _write_all(1, data)
+        except BrokenPipeError:
+            return True  # the client closed our stdout: it is going away
+        except OSError:
+            return self.client_closed
+
+
+def relay(sock: _socket.socket, leftover: bytes, *, server: str, log: str) -> int:
+    """Relay until either side ends; 0 when the client ended it, 1 (with a message) when the broker went away."""
+    import threading  # only now: the fallback path never needs it
+
+    state = _Relay(sock)
+    threading.Thread(target=state.pump_stdin, name="stdin->broker", daemon=True).start()
+    normal = state.pump_socket(leftover)
+    if normal:
+        return 0
+    sys.stderr.write(
+        f"mcpshare connect: lost the connection to the mcpshare broker serving {server!r} (the broker stopped or "
+        f"crashed, or ended this session; its log: {log}). Reconnect the MCP server in your client.\n"
+    )
+    return 1
+
+
+# ---------------------------------------------------------------------------------------------- fallback
+
+
+def fallback(request: Request, reason: str, *, cwd: str) -> int:
+    """Run the real server in our place (exec), if we know it; else explain and fail.
+
+    The exec keeps our pid and the client's pipes, so the client talks straight to the server.
+    """
+    try:
+        argv, env, workdir = _direct_command(request, cwd=cwd)
+    except LookupError as exc:
+        sys.stderr.write(
+            f"mcpshare connect: {reason}\nmcpshare connect: cannot run {request.server!r} directly: {exc}\n"
+        )
+        return 1
+    sys.stderr.write(
+        f"mcpshare connect: {reason}\n"
+        f"mcpshare connect: running MCP server {request.server!r} directly, NOT shared: {_display(argv)}\n"
+    )
+    sys.stderr.flush()
+    try:
+        if workdir is not None:
+            os.chdir(workdir)
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        sys.stderr.write(f"mcpshare connect: cannot run {argv[0]!r}: {exc.strerror or exc}\n")
+    return 127
+
+
+def _direct_command(request: Request, *, cwd: str) -> tuple[list[str], dict[str, str], str | None]:
+    """(argv, env, cwd) to run the server directly; LookupError when we do not know its command."""
+    if request.command is not None:
+        workdir = os.path.join(cwd, request.cwd) if request.cwd else None
+        return list(request.command), dict(os.environ), workdir
+    return _command_from_config(request, cwd=cwd)
+
+
+def _command_from_config(request: Request, *, cwd: str) -> tuple[list[str], dict[str, str], str | None]:
+    """The server's command from its config file (or the user's default configs), as the broker would read it.
+
+    Only on the fallback path: mcpshare.config is standard-library only, but it costs a few milliseconds.
+    """
+    from pathlib import Path
+
+    from mcpshare.config import ConfigError, StdioServerConfig, default_config_paths, load_config, merge
+
+    try:
+        if request.config is not None:
+            paths = [Path(cwd, request.config)]
+        else:
+            paths = default_config_paths(home=Path.home(), cwd=Path(cwd))
+        config = merge(*(load_config(path, project=cwd) for path in paths))
+        server = config.get(request.server)
+    except (ConfigError, KeyError) as exc:
+        raise LookupError(str(exc).strip("\"'")) from None
+    if not isinstance(server, StdioServerConfig):
+        raise LookupError(f"{request.server!r} is a Streamable HTTP server; point the client at {server.url} directly")
+    env = dict(os.environ)
+    env.update(server.env)
+    workdir = os.path.join(cwd, server.cwd) if server.cwd else None
+    return [server.command, *server.args], env, workdir
+
+
+def _display(argv: list[str]) -> str:
+    """A command for messages: the program and a few arguments (arguments may hold secrets)."""
+    shown = [os.path.basename(argv[0]), *argv[1:3]]
+    return " ".join(shown) + (" ..." if len(argv) > 3 else "")
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def connect(request: Request, *, paths: runtime.RuntimePaths, cwd: str) -> tuple[_socket.socket, bytes]:
+    """A socket on which the broker accepted our hello, and any bytes it already sent after its answer."""
+    try:
+        timeout = float(os.environ.get(ENV_CONNECT_TIMEOUT) or DEFAULT_CONNECT_TIMEOUT)
+    except ValueError:
+        timeout = DEFAULT_CONNECT_TIMEOUT
+    sock = open_connection(paths, autostart=request.autostart, timeout=timeout)
+    try:
+        hello = build_hello(request, cwd=cwd, environ=dict(os.environ))
+        answer, leftover = handshake(sock, hello, timeout=HELLO_TIMEOUT)
+        if answer.get("ok") is not True:
+            raise BrokerUnavailable(f"the broker refused {request.server!r}: {answer.get('error', 'no reason given')}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock, leftover
+
+
+def main(argv: list[str]) -> int:
+    """``mcpshare connect ...``: returns the exit status (or never returns, after exec'ing the fallback)."""
+    try:
+        request = parse_args(argv)
+    except HelpRequested:
+        sys.stdout.write(USAGE)
+        return 0
+    except UsageError as exc:
+        sys.stderr.write(f"mcpshare connect: {exc}\n{USAGE}")
+        return 2
+    cwd = os.getcwd()
+    paths = runtime.RuntimePaths.default()
+    try:
+        sock, leftover = connect(request, paths=paths, cwd=cwd)
+    except BrokerUnavailable as exc:
+        return fallback(request, str(exc), cwd=cwd)
+    except KeyboardInterrupt:
+        return 130
+    try:
+        return relay(sock, leftover, server=request.server, log=paths.log)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,303 @@
+"""The shim (``mcpshare connect``) on its own: argument parsing, the runtime directory, the wire codec, its imports,
+its cost (RSS, first-byte latency) and its fallback to running the server directly when no broker can be had."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import psutil
+import pytest
+
+from helpers import sdk_session, server_argv, tool_json
+from mcpshare import runtime, shim
+from test_broker import BrokerEnv, marked_servers
+
+pytestmark = pytest.mark.timeout(60)
+
+# What the console script runs once pyproject points it at mcpshare.entry:main (python -m adds runpy's imports).
+ENTRY = [sys.executable, "-c", "import sys; from mcpshare.entry import main; sys.exit(main())"]
+HEAVY = {"mcp", "mcp_types", "anyio", "typer", "rich", "click", "psutil", "pydantic", "httpx", "starlette", "sniffio"}
+
+
+@pytest.fixture
+def broker_env() -> Iterator[BrokerEnv]:
+    env = BrokerEnv.create()
+    try:
+        yield env
+    finally:
+        env.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------- the command line
+
+
+def test_parse_args_forms() -> None:
+    embedded = shim.parse_args(
+        ["gh", "--env-keys", "A,B", "--share=global", "--cwd", "sub", "--", "npx", "-y", "x"], {}
+    )
+    assert (embedded.server, embedded.command, embedded.env_keys) == ("gh", ["npx", "-y", "x"], ["A", "B"])
+    assert (embedded.share, embedded.cwd, embedded.config, embedded.autostart) == ("global", "sub", None, True)
+    from_file = shim.parse_args(["gh", "--config", "c.toml", "--no-autostart"], {})
+    assert (from_file.config, from_file.command, from_file.autostart) == ("c.toml", None, False)
+    assert shim.parse_args(["gh"], {"MCPSHARE_NO_AUTOSTART": "1"}).autostart is False
+    # Everything after "--" belongs to the server, even what looks like our own options.
+    assert shim.parse_args(["gh", "--", "srv", "--config", "x", "--"], {}).command == ["srv", "--config", "x", "--"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "the server NAME is missing"),
+        (["a", "b"], "unexpected argument 'b' (put the server's command after --)"),
+        (["a", "--bogus"], "unknown option --bogus"),
+        (["a", "--config"], "--config needs a value"),
+        (["a", "--"], "'--' must be followed by the server's command"),
+        (["a", "--share", "all", "--", "x"], "--share must be one of workspace, global, thread, got 'all'"),
+        (["a", "--env-keys", "A"], "--env-keys, --share and --cwd describe an embedded command: give it after --"),
+        (["a", "--config", "f", "--", "x"], "give either --config FILE or a command after --, not both"),
+    ],
+)
+def test_parse_args_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(shim.UsageError) as caught:
+        shim.parse_args(argv, {})
+    assert str(caught.value) == message
+
+
+def test_hello_carries_only_the_declared_env_keys_in_the_spec() -> None:
+    request = shim.parse_args(["gh", "--env-keys", "TOKEN,ABSENT", "--", "server", "arg"], {})
+    environ = {"TOKEN": "t", "OTHER": "o"}
+    hello = shim.build_hello(request, cwd="/work", environ=environ)
+    assert hello == {
+        "mcpshare": runtime.PROTOCOL,
+        "server": "gh",
+        "config": None,
+        "spec": {"command": "server", "args": ["arg"], "env": {"TOKEN": "t"}, "cwd": None, "share": None},
+        "cwd": "/work",
+        "env": environ,
+    }
+    relative = shim.build_hello(shim.parse_args(["gh", "--config", "c.json"], {}), cwd="/work", environ={})
+    assert (relative["config"], relative["spec"]) == ("/work/c.json", None)
+
+
+def test_usage_and_help_exit_codes() -> None:
+    helped = subprocess.run([*ENTRY, "connect", "--help"], capture_output=True, text=True, timeout=20)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: mcpshare connect NAME")
+    wrong = subprocess.run([*ENTRY, "connect"], capture_output=True, text=True, timeout=20)
+    assert wrong.returncode == 2 and wrong.stderr.startswith("mcpshare connect: the server NAME is missing\nusage:")
+
+
+# ---------------------------------------------------------------------------------------------- runtime directory
+
+
+def test_runtime_dir_choice(tmp_path: Path) -> None:
+    assert runtime.runtime_dir({"MCPSHARE_RUNTIME_DIR": "/x/y", "XDG_RUNTIME_DIR": str(tmp_path)}) == "/x/y"
+    assert runtime.runtime_dir({"XDG_RUNTIME_DIR": str(tmp_path)}) == str(tmp_path / "mcpshare")
+    fallback = f"/var/tmp/mcpshare-{os.getuid()}"
+    assert runtime.runtime_dir({"XDG_RUNTIME_DIR": "/does/not/exist", "TMPDIR": "/var/tmp"}) == fallback
+    assert runtime.runtime_dir({}) == f"/tmp/mcpshare-{os.getuid()}"
+
+
+def test_ensure_runtime_dir_creates_private_dirs_and_refuses_unsafe_ones(tmp_path: Path) -> None:
+    fresh = tmp_path / "a" / "run"
+    runtime.ensure_runtime_dir(str(fresh))
+    assert (fresh.stat().st_mode & 0o777) == 0o700
+    fresh.chmod(0o755)
+    runtime.ensure_runtime_dir(str(fresh))  # ours but too open: tightened
+    assert (fresh.stat().st_mode & 0o777) == 0o700
+    link = tmp_path / "link"
+    link.symlink_to(fresh)
+    with pytest.raises(runtime.RuntimeDirError, match="not a directory"):
+        runtime.ensure_runtime_dir(str(link))
+    with pytest.raises(runtime.RuntimeDirError, match="socket path longer than 107 bytes"):
+        runtime.ensure_runtime_dir(str(tmp_path / ("x" * 120)))
+    if os.geteuid() == 0:
+        foreign = tmp_path / "foreign"
+        foreign.mkdir(mode=0o700)
+        os.chown(foreign, 65534, 65534)
+        with pytest.raises(runtime.RuntimeDirError, match="belongs to uid 65534"):
+            runtime.ensure_runtime_dir(str(foreign))
+
+
+def test_lock_is_exclusive_and_records_the_pid(tmp_path: Path) -> None:
+    path = str(tmp_path / "broker.lock")
+    assert not runtime.lock_held(path) and runtime.broker_pid(path) is None
+    fd = runtime.try_lock(path)
+    assert fd is not None
+    try:
+        runtime.write_pid(fd)
+        assert runtime.try_lock(path) is None
+        assert runtime.lock_held(path) and runtime.broker_pid(path) == os.getpid()
+    finally:
+        os.close(fd)
+    assert not runtime.lock_held(path) and runtime.broker_pid(path) is None
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"ok": True, "pid": 12, "key": "abc"},
+        {"env": {"A": "é ü", "B": "\udcff", "C": 'quote " and \\ and \n'}, "n": [1, -2, 3.5, None, True, False]},
+        {"nested": {"list": [[], {}, {"x": [0]}]}, "big": 2**70},
+    ],
+)
+def test_wire_codec_agrees_with_json(message: dict[str, object]) -> None:
+    line = runtime.encode_line(message)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.isascii()
+    assert json.loads(line) == message
+    assert runtime.decode_line(line) == message
+    assert runtime.decode_line(json.dumps(message).encode()) == message
+
+
+@pytest.mark.parametrize("line", [b"", b"[1]", b"{", b'{"a": 1} x', b"nope"])
+def test_wire_codec_rejects_what_json_rejects(line: bytes) -> None:
+    with pytest.raises(ValueError):
+        runtime.decode_line(line)
+
+
+# ---------------------------------------------------------------------------------------------- imports and cost
+
+
+def test_the_shim_path_imports_only_the_standard_library() -> None:
+    """``mcpshare connect`` through the console-script entry loads no SDK, anyio, typer, rich or psutil."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from mcpshare.entry import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['connect', '--help'])\n"
+        "import threading\n"  # what relay() adds
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20, check=True)
+    modules = set(done.stdout.split())
+    tops = {name.split(".")[0] for name in modules}
+    assert not tops & HEAVY
+    ours = {name for name in modules if name.split(".")[0] == "mcpshare"}
+    assert ours == {"mcpshare", "mcpshare.entry", "mcpshare.shim", "mcpshare.runtime"}
+    site_extras = {"__main__", "_distutils_hack", "sitecustomize", "usercustomize", "_virtualenv"}
+    assert tops - {"mcpshare"} - site_extras <= set(sys.stdlib_module_names)
+    assert "re" not in modules  # the wire codec avoids json's import of re (~1 MB)
+
+
+def _measure_one_shim(argv: list[str], env: dict[str, str], initialize: bytes) -> tuple[float, float]:
+    """Start a shim, send initialize: (ms until the first byte of the answer, RSS in MB while connected)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(initialize)
+        proc.stdin.flush()
+        first = proc.stdout.read(1)
+        latency = (time.perf_counter() - started) * 1000
+        answer = json.loads(first + proc.stdout.readline())
+        assert answer["id"] == 1 and answer["result"]["serverInfo"]["name"] == "testserver"
+        rss = psutil.Process(proc.pid).memory_info().rss / 1e6
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return latency, rss
+
+
+async def test_shim_rss_and_first_byte_latency(broker_env: BrokerEnv, marker: str) -> None:
+    """Measured, not asserted (machines differ): targets are <= 12 MB RSS and <= 60 ms to the first byte relayed,
+    with the broker and the server already running. The shim runs with -X importtime, which proves on the real
+    relay path that nothing outside the standard library is imported."""
+    server = server_argv(marker=marker)
+    argv = [*ENTRY, "connect", "test", "--", *server]
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+    initialize = runtime.encode_line({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello})
+    env = broker_env.run_env()
+    with anyio.fail_after(40):
+        async with sdk_session(argv, env=broker_env.env):  # the broker and the server are warm from here on
+            measured = [await anyio.to_thread.run_sync(_measure_one_shim, argv, env, initialize) for _ in range(5)]
+            traced = await anyio.run_process(
+                [sys.executable, "-X", "importtime", *argv[1:]], input=initialize, env=env, check=False
+            )
+    imported = {line.split("|")[-1].strip() for line in traced.stderr.decode().splitlines() if "|" in line}
+    assert "mcpshare.shim" in imported
+    assert {name.split(".")[0] for name in imported} & HEAVY == set()
+    latencies, rss = [m[0] for m in measured], [m[1] for m in measured]
+    print(
+        f"\nshim RSS: median {statistics.median(rss):.1f} MB (max {max(rss):.1f}); "
+        f"first byte relayed: median {statistics.median(latencies):.0f} ms (max {max(latencies):.0f})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- fallback
+
+
+async def test_without_a_broker_the_shim_runs_the_server_itself(
+    broker_env: BrokerEnv, marker: str, tmp_path: Path
+) -> None:
+    """No broker and autostart off: the shim execs the embedded command in its own place and says so."""
+    errlog = tmp_path / "stderr"
+    argv = broker_env.shim("test", "--", *server_argv(marker=marker))
+    with anyio.fail_after(30), errlog.open("w") as stderr:
+        env = {**broker_env.env, "MCPSHARE_NO_AUTOSTART": "1"}
+        async with sdk_session(argv, env=env, errlog=stderr) as session:
+            who = tool_json(await session.call_tool("whoami", {}))
+            servers = marked_servers(marker)
+            assert [p.pid for p in servers] == [who["pid"]]
+            assert servers[0].ppid() == os.getpid()  # exec'd in the shim's place: the client's own child
+    text = errlog.read_text()
+    assert "no mcpshare broker is running" in text and "(autostart is off)" in text
+    assert "running MCP server 'test' directly, NOT shared: python" in text
+    assert broker_env.brokers() == []
+
+
+@pytest.mark.parametrize("problem", ["under-a-file", "foreign-owner"])
+async def test_an_unusable_runtime_dir_falls_back_too(
+    broker_env: BrokerEnv, marker: str, tmp_path: Path, problem: str
+) -> None:
+    if problem == "under-a-file":
+        (tmp_path / "a-file").write_text("")
+        directory, expected = tmp_path / "a-file" / "run", "cannot connect to the broker at"
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("giving a directory to another uid needs root")
+        directory, expected = tmp_path / "foreign", "cannot start the mcpshare broker: [Errno 1] the mcpshare runtime"
+        directory.mkdir(mode=0o700)
+        os.chown(directory, 65534, 65534)
+    errlog = tmp_path / "stderr"
+    env = {**broker_env.env, runtime.ENV_RUNTIME_DIR: str(directory)}
+    with anyio.fail_after(30), errlog.open("w") as stderr:
+        async with sdk_session(broker_env.shim("test", "--", *server_argv(marker=marker)), env=env, errlog=stderr) as s:
+            assert tool_json(await s.call_tool("whoami", {}))["pid"] == marked_servers(marker)[0].pid
+    text = errlog.read_text()
+    assert expected in text and "NOT shared" in text
+
+
+async def test_fallback_reads_the_config_file(broker_env: BrokerEnv, marker: str, tmp_path: Path) -> None:
+    server = server_argv("--show-env=FROM_CONFIG", marker=marker)
+    config = tmp_path / "mcp.json"
+    entry = {"command": server[0], "args": server[1:], "env": {"FROM_CONFIG": "yes"}}
+    config.write_text(json.dumps({"mcpServers": {"conf": entry}}))
+    env = {**broker_env.env, "MCPSHARE_NO_AUTOSTART": "1"}
+    with anyio.fail_after(30), (tmp_path / "stderr").open("w") as stderr:
+        async with sdk_session(broker_env.shim("conf", "--config", str(config)), env=env, errlog=stderr) as session:
+            assert tool_json(await session.call_tool("whoami", {}))["env"] == {"FROM_CONFIG": "yes"}
+
+
+def test_without_a_broker_or_a_command_it_fails_clearly(broker_env: BrokerEnv) -> None:
+    done = subprocess.run(
+        [*ENTRY, "connect", "ghost"],
+        env=broker_env.run_env(MCPSHARE_NO_AUTOSTART="1"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=broker_env.root,
+    )
+    assert done.returncode == 1
+    assert "no mcpshare broker is running" in done.stderr
+    assert "cannot run 'ghost' directly: unknown MCP server 'ghost'" in done.stderr
