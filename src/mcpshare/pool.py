@@ -310,10 +310,13 @@ class BackendPool:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         try:
-            await self.close()
+            try:
+                await self.close()
+            finally:
+                assert self._tg is not None
+                result = await self._tg.__aexit__(exc_type, exc, tb)
         finally:
-            assert self._tg is not None
-            result = await self._tg.__aexit__(exc_type, exc, tb)
+            # Also when the task group re-raises a cancellation: the guardian must not outlive the pool.
             if self._guardian is not None:
                 with anyio.CancelScope(shield=True):
                     await self._guardian.close()
