@@ -24,7 +24,6 @@ from typing import IO, Any, TypeVar
 
 import anyio
 import anyio.abc
-import mcp_types as types
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from mcp import ClientSession, stdio_client
@@ -261,16 +260,3 @@ async def run_concurrent(calls: Sequence[Call], count: int, width: int) -> float
         for index in range(width):
             tg.start_soon(worker, calls[index % len(calls)])
     return time.perf_counter() - started
-
-
-async def list_all_tools(session: ClientSession) -> list[types.Tool]:
-    """Every page of a session's tool list."""
-    tools: list[types.Tool] = []
-    cursor: str | None = None
-    while True:
-        params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-        result = await session.list_tools(params=params)
-        tools.extend(result.tools)
-        cursor = result.next_cursor
-        if not cursor:
-            return tools

@@ -598,22 +598,23 @@ def load_mcp_json(path: str | os.PathLike[str], *, project: str | os.PathLike[st
 
 def _parse_json(text: str, file: str) -> Any:
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=file) from None
-    except _DuplicateKey as exc:
+    except DuplicateKeyError as exc:
         raise ConfigError(f"duplicate key {exc.args[0]!r} in one JSON object", file=file) from None
 
 
-class _DuplicateKey(Exception):
+class DuplicateKeyError(ValueError):
     """A key given twice in one JSON object: json keeps the last one silently, which would hide a server."""
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for json.loads that raises :class:`DuplicateKeyError` on a repeated key."""
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise _DuplicateKey(key)
+            raise DuplicateKeyError(key)
         result[key] = value
     return result
 

@@ -411,7 +411,7 @@ class Thread:
 
         async def one(server: str) -> None:
             try:
-                listed[server] = await _all_tools(await self.session(server))
+                listed[server] = await list_all_tools(await self.session(server))
             except Exception as exc:  # session() recorded a connection failure in self.errors already
                 logger.warning("thread %s: MCP server %r is unavailable: %s", self.id, server, _first_line(exc))
 
@@ -1049,7 +1049,7 @@ async def _apply_log_level(session: ClientSession, thread: Thread, server: str) 
         logger.warning("thread %s: %r refused log level %s: %s", thread.id, server, level, exc)
 
 
-async def _all_tools(session: ClientSession) -> list[types.Tool]:
+async def list_all_tools(session: ClientSession) -> list[types.Tool]:
     """Every page of a server's tool list."""
     tools: list[types.Tool] = []
     cursor: str | None = None

@@ -51,7 +51,7 @@ import tomlkit
 import tomlkit.exceptions
 from tomlkit.items import Array, String, StringType
 
-from mcpshare.config import ConfigError
+from mcpshare.config import ConfigError, DuplicateKeyError, unique_keys
 
 __all__ = [
     "BACKUP_SUFFIX",
@@ -500,28 +500,15 @@ def _scan(
     return _JsonValue(index, end, value)
 
 
-class _DuplicateKey(Exception):
-    """A key given twice in one object: json keeps the last silently, and we could edit the wrong one."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
-
-
 class _JsonDocument:
     """An ``mcpServers`` JSON file, edited as text: only the spans of the values that change are replaced."""
 
     def __init__(self, text: str, file: str) -> None:
         try:
-            self.plain = json.loads(text, object_pairs_hook=_unique_keys)
+            self.plain = json.loads(text, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=file) from None
-        except _DuplicateKey as exc:
+        except DuplicateKeyError as exc:
             raise ConfigError(f"duplicate key {exc.args[0]!r} in one JSON object", file=file) from None
         if not isinstance(self.plain, dict):
             raise ConfigError("the top level must be a JSON object", file=file)

@@ -18,13 +18,13 @@ import time
 
 import anyio
 
-from mcpbench.clients import direct_session, list_all_tools
+from mcpbench.clients import direct_session
 from mcpbench.core import BenchContext, Row, median, paired_ratio, rotate, section, summary
 from mcpbench.servers import ServerSpec
 from mcpshare.config import McpConfig, StdioServerConfig
 from mcpshare.pool import BackendPool
 from mcpshare.session import open_session
-from mcpshare.threads import ThreadManager
+from mcpshare.threads import ThreadManager, list_all_tools
 
 logger = logging.getLogger("mcpbench.attach")
 

@@ -25,12 +25,12 @@ import anyio
 import anyio.to_thread
 import psutil
 
-from mcpbench.clients import direct_session, list_all_tools
+from mcpbench.clients import direct_session
 from mcpbench.core import BenchContext, Row, ratio, section
 from mcpbench.procs import Usage, measure
 from mcpbench.servers import ServerSpec
 from mcpshare.config import McpConfig
-from mcpshare.threads import ThreadManager
+from mcpshare.threads import ThreadManager, list_all_tools
 
 logger = logging.getLogger("mcpbench.processes")
 
