@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mcpbench.procs import Classifier, ProcessTracker
-from mcpbench.servers import NODE_SERVERS, ServerSpec, classifier
+from mcpbench.servers import ServerSpec, classifier, real_servers
 
 
 @dataclass
@@ -106,8 +106,8 @@ class BenchContext:
         self.details.setdefault(self.current, {})[key] = value
 
     def node_servers(self) -> list[ServerSpec]:
-        """The M = 3 real servers: server-everything, server-memory, server-filesystem."""
-        return [self.servers[name] for name in NODE_SERVERS]
+        """The M real servers: server-everything, server-memory, server-filesystem (+ mcp-server-time)."""
+        return [self.servers[name] for name in real_servers()]
 
     @property
     def classify(self) -> Classifier:

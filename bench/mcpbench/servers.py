@@ -7,6 +7,7 @@ Each :class:`ServerSpec` can be turned into the two configurations compared ever
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 from collections.abc import Mapping
@@ -29,7 +30,17 @@ NODE_ENTRIES: dict[str, Path] = {
     "filesystem": NODE_MODULES / "@modelcontextprotocol/server-filesystem/dist/index.js",
 }
 NODE_SERVERS = ("everything", "memory", "filesystem")
-"""The M = 3 real servers of the process, attach and storm sections."""
+"""The three pinned npm servers; with mcp-server-time (PyPI) installed they make the M real servers."""
+
+
+def time_server_installed() -> bool:
+    """mcp-server-time comes with the bench extra; without it the benchmark runs the three npm servers only."""
+    return importlib.util.find_spec("mcp_server_time") is not None
+
+
+def real_servers() -> tuple[str, ...]:
+    """The real servers of the process, attach, storm and broker sections: 3 npm servers (+ mcp-server-time)."""
+    return (*NODE_SERVERS, "time") if time_server_installed() else NODE_SERVERS
 
 
 class SetupError(RuntimeError):
@@ -96,6 +107,13 @@ def build_servers(workspace: Path, memory_file: Path) -> dict[str, ServerSpec]:
             "filesystem",
             (node, str(NODE_ENTRIES["filesystem"]), str(workspace)),
             match="server-filesystem",
+        ),
+        "time": ServerSpec(
+            "time",
+            (sys.executable, "-m", "mcp_server_time"),
+            match="mcp_server_time",
+            echo_tool="get_current_time",
+            echo_args={"timezone": "UTC"},
         ),
         "testserver": ServerSpec(
             "testserver",

@@ -5,7 +5,7 @@
   list), through ``mcpshare.session.open_session``.
 * cold (direct): the SDK's ``stdio_client`` spawns the server + ``initialize`` + ``list_tools``.
 
-Per server, then for a whole new thread (M = 3 servers: ``ThreadManager.start_thread`` + ``Thread.list_tools`` vs
+Per server, then for a whole new thread (M = 4 servers: ``ThreadManager.start_thread`` + ``Thread.list_tools`` vs
 three concurrent cold spawns). Teardown is not timed but finishes before the next measurement. Cold and warm runs
 alternate (one cold, then ``warm_per_cold`` warm), and the server order rotates from one repeat to the next. The
 ratio is the median over repeats of (cold spawn / median of the warm attaches that followed it).
