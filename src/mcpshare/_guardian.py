@@ -44,8 +44,13 @@ _PR_SET_PDEATHSIG = 1
 _HAVE_PROC = os.path.exists("/proc/self/stat")
 
 
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """Return (state, pgrp, start ticks) of ``pid`` from /proc, or None if it is gone or /proc is unavailable."""
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """Return (state, pgrp, start ticks) of ``pid`` from /proc, or None if it is gone or /proc is unavailable.
+
+    Start ticks (clock ticks after boot) are exact and unaffected by changes to the wall clock, unlike
+    ``psutil.Process.create_time()``. They tell "our process" from "a new process with the same number".
+    Shared with mcpshare.process, which imports it from here (this file must stay standard library only).
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -68,7 +73,7 @@ def _replaced(pgid: int, start: int | None) -> bool:
     """
     if start is None or not _HAVE_PROC:
         return False
-    stat = _proc_stat(pgid)
+    stat = proc_stat(pgid)
     return stat is not None and stat[1] == pgid and stat[2] != start
 
 
@@ -88,7 +93,7 @@ def _group_alive(pgid: int) -> bool:
         return True
     for name in os.listdir("/proc"):
         if name.isdigit():
-            stat = _proc_stat(int(name))
+            stat = proc_stat(int(name))
             if stat is not None and stat[1] == pgid and stat[0] != "Z":
                 return True
     return False

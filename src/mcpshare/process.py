@@ -51,6 +51,8 @@ import anyio
 import anyio.abc
 import psutil
 
+from mcpshare._guardian import proc_stat as _proc_stat
+
 __all__ = [
     "Guardian",
     "GuardianError",
@@ -173,24 +175,6 @@ class StderrRing:
         self.total_lines += 1
         self._partial.clear()
         self._truncated = False
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """Return (state, pgrp, start ticks) of ``pid`` from /proc, or None if it is gone or /proc is unavailable.
-
-    Start ticks (clock ticks after boot) are exact and unaffected by changes to the wall clock, unlike
-    ``psutil.Process.create_time()``. They let us tell "our process" from "a new process with the same number".
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        return fields[0].decode(), int(fields[2]), int(fields[19])
-    except (IndexError, ValueError):
-        return None
 
 
 def _start_ticks(pid: int) -> int | None:
