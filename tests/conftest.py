@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +101,15 @@ def filesystem_cmd(tmp_workspace: Path) -> list[str]:
 def inspector_cli_cmd() -> list[str]:
     """argv prefix for the MCP Inspector CLI: append the server argv (or URL) and ``--method ...``."""
     return ["node", str(require_node_entry("inspector")), "--cli"]
+
+
+@pytest.fixture
+def broker_env() -> Iterator[Any]:
+    """A private runtime dir and HOME for a broker and its shims (test_broker.BrokerEnv), cleaned up by pid."""
+    from test_broker import BrokerEnv
+
+    env = BrokerEnv.create()
+    try:
+        yield env
+    finally:
+        env.cleanup()

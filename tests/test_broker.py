@@ -20,7 +20,6 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,15 +160,6 @@ def control(command: str, env: BrokerEnv, **fields: Any) -> dict[str, Any] | Non
     from mcpshare import shim
 
     return shim.control(command, paths=env.paths, timeout=10, **fields)
-
-
-@pytest.fixture
-def broker_env() -> Iterator[BrokerEnv]:
-    env = BrokerEnv.create()
-    try:
-        yield env
-    finally:
-        env.cleanup()
 
 
 def marked_servers(marker: str) -> list[psutil.Process]:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,10 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def broker_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[BrokerEnv]:
-    """A private runtime dir, also set in this process's environment for the in-process CLI calls."""
-    env = BrokerEnv.create()
-    monkeypatch.setenv(runtime.ENV_RUNTIME_DIR, str(env.runtime))
-    try:
-        yield env
-    finally:
-        env.cleanup()
+def broker_env(broker_env: BrokerEnv, monkeypatch: pytest.MonkeyPatch) -> BrokerEnv:
+    """conftest's private runtime dir, also set in this process's environment for the in-process CLI calls."""
+    monkeypatch.setenv(runtime.ENV_RUNTIME_DIR, str(broker_env.runtime))
+    return broker_env
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -9,7 +9,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -25,15 +24,6 @@ pytestmark = pytest.mark.timeout(60)
 # What the console script runs once pyproject points it at mcpshare.entry:main (python -m adds runpy's imports).
 ENTRY = [sys.executable, "-c", "import sys; from mcpshare.entry import main; sys.exit(main())"]
 HEAVY = {"mcp", "mcp_types", "anyio", "typer", "rich", "click", "psutil", "pydantic", "httpx", "starlette", "sniffio"}
-
-
-@pytest.fixture
-def broker_env() -> Iterator[BrokerEnv]:
-    env = BrokerEnv.create()
-    try:
-        yield env
-    finally:
-        env.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------- the command line

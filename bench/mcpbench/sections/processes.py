@@ -224,7 +224,7 @@ def _mb(value: int | None) -> float | None:
 
 @section("processes", "Processes and total RSS: N threads x M servers", order=10, timeout=600.0)
 async def processes(ctx: BenchContext) -> list[Row]:
-    """Pooled vs direct process count and memory for each N of ``--threads``, M real servers (3 npm + mcp-server-time)."""
+    """Pooled vs direct process count and memory for each N of ``--threads``, M real servers."""
     specs = ctx.node_servers()
     m = len(specs)
     measured: dict[int, dict[str, Measurement]] = {}
