@@ -8,21 +8,16 @@ between the socket and the lease. The lease is exactly what a thread of an in-pr
 routing rules are the same: its own ``initialize`` answered from the cache, its own responses, progress, cancels
 and server-to-client requests, never anyone else's.
 
-Where a server's config comes from, per connection, in this order:
-
-1. the hello's ``spec`` (``mcpshare connect NAME -- command args...``, what ``mcpshare wrap`` writes): command,
-   args, the env values the shim was told belong to the server, cwd, share;
-2. the hello's ``config`` file (``mcpshare connect NAME --config FILE``), read now, with the client's cwd as the
-   project (Claude Code's per-project servers);
-3. the broker's own configs: ``serve --config FILE...``, else the user's usual files (Codex, ``.mcp.json`` of the
-   client's cwd, Claude Code, Claude Desktop), read per connection so the project's ``.mcp.json`` counts.
+Which config a hello names (an embedded command, a config file, or the broker's own configs) is decided by
+:mod:`mcpshare.sources`.
 
 Peers of another uid are refused (``SO_PEERCRED``) even if the socket's permissions were loosened. SIGTERM, SIGINT
 and SIGHUP stop the broker cleanly: the socket is removed first (new shims start a new broker instead of talking to
 a dying one), then every server is stopped, then the lock is released.
 
-``serve --http PORT`` adds a Streamable HTTP front on 127.0.0.1 (see :class:`HttpFront`) for clients that speak
-HTTP, so they need no shim process at all; it shares the same pool, so HTTP and shim clients share processes.
+``serve --http PORT`` adds a Streamable HTTP front on 127.0.0.1 for clients that speak
+HTTP, so they need no shim process at all (:mod:`mcpshare.http_front`); it shares the same pool, so HTTP and shim
+clients share processes.
 """
 
 from __future__ import annotations
@@ -47,17 +42,10 @@ import psutil
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mcpshare import __version__, runtime
-from mcpshare.config import (
-    ConfigError,
-    HttpServerConfig,
-    McpConfig,
-    StdioServerConfig,
-    default_config_paths,
-    load_config,
-    merge,
-)
+from mcpshare.http_front import HttpFront, bind_http
 from mcpshare.mux import DEFAULT_MAX_LINE_BYTES, encode, error_response
 from mcpshare.pool import DEFAULT_IDLE_GRACE, BackendPool, Lease
+from mcpshare.sources import ConfigSource, HelloError, server_config
 
 logger = logging.getLogger("mcpshare.broker")
 
@@ -68,10 +56,6 @@ ENV_EXIT_IDLE = "MCPSHARE_BROKER_EXIT_IDLE"
 AUTOSTART_EXIT_IDLE = 600.0
 HELLO_TIMEOUT = 10.0
 PARSE_ERROR = -32700
-
-
-class HelloError(ValueError):
-    """A hello the broker cannot serve; the message goes back to the shim, which shows it to the user."""
 
 
 class BrokerRunning(RuntimeError):
@@ -108,83 +92,6 @@ def env_seconds(name: str, default: float) -> float:
         logger.warning("ignoring %s=%r: not a number of seconds", name, text)
         return default
     return value
-
-
-# ---------------------------------------------------------------------------------------------- configs
-
-
-class ConfigSource:
-    """The broker's own configs: explicit files, or the user's usual files looked up per client cwd.
-
-    Files are parsed once per (path, project, mtime, size): ``~/.claude.json`` holds Claude Code's whole history and
-    can weigh megabytes, and parsing it on the event loop for every client would stall every session.
-    """
-
-    _CACHE_SIZE = 64
-
-    def __init__(self, explicit: tuple[Path, ...] = (), *, home: Path | None = None) -> None:
-        self.explicit = tuple(Path(path).absolute() for path in explicit)
-        self.home = home
-        self._cache: dict[tuple[str, str, int, int], McpConfig] = {}
-
-    def paths(self, cwd: str | os.PathLike[str]) -> list[Path]:
-        if self.explicit:
-            return list(self.explicit)
-        return default_config_paths(home=self.home or Path.home(), cwd=Path(cwd))
-
-    def load(self, cwd: str | os.PathLike[str]) -> McpConfig:
-        """Every file merged in order; a bad file raises :class:`ConfigError` naming it."""
-        return merge(*(self.load_file(path, project=cwd) for path in self.paths(cwd)))
-
-    def load_file(self, path: str | os.PathLike[str], *, project: str | os.PathLike[str]) -> McpConfig:
-        """One file (cached while it is unchanged)."""
-        try:
-            info = os.stat(path)
-        except OSError:
-            return load_config(path, project=project)  # raises the ConfigError that names the problem
-        key = (os.fspath(path), os.fspath(project), info.st_mtime_ns, info.st_size)
-        config = self._cache.get(key)
-        if config is None:
-            config = load_config(path, project=project)
-            if len(self._cache) >= self._CACHE_SIZE:
-                self._cache.clear()
-            self._cache[key] = config
-        return config
-
-
-def server_config(hello: Mapping[str, Any], configs: ConfigSource) -> StdioServerConfig:
-    """The stdio config a hello asks for (spec, config file, or the broker's configs); :class:`HelloError` if none."""
-    name = hello["server"]
-    spec = hello.get("spec")
-    if spec is not None:
-        if not isinstance(spec, dict) or not isinstance(spec.get("command"), str):
-            raise HelloError("'spec' must be an object with a 'command'")
-        try:
-            return StdioServerConfig(
-                name=name,
-                command=spec["command"],
-                args=tuple(spec.get("args") or ()),
-                env=spec.get("env") or {},
-                cwd=spec.get("cwd"),
-                share=spec.get("share") or "workspace",
-            )
-        except (ConfigError, TypeError) as exc:
-            raise HelloError(f"invalid server command: {exc}") from None
-    path = hello.get("config")
-    try:
-        config = configs.load_file(path, project=hello["cwd"]) if path else configs.load(hello["cwd"])
-    except ConfigError as exc:
-        raise HelloError(str(exc)) from None
-    server = config.servers.get(name)
-    origin = ", ".join(config.sources) or "no config file found"
-    if server is None:
-        known = ", ".join(sorted(config.servers)) or "none"
-        raise HelloError(f"no MCP server named {name!r} in {origin} (known: {known})")
-    if not server.enabled:
-        raise HelloError(f"MCP server {name!r} is disabled in {origin}")
-    if isinstance(server, HttpServerConfig):
-        raise HelloError(f"MCP server {name!r} is a Streamable HTTP server: point the client at its URL directly")
-    return server
 
 
 def check_hello(hello: Mapping[str, Any]) -> None:
@@ -489,327 +396,6 @@ async def _forward(line: bytes, lease: Lease) -> bool:
     return True
 
 
-# ---------------------------------------------------------------------------------------------- HTTP front
-# ``serve --http PORT``: Streamable HTTP on 127.0.0.1, one URL per configured server (``/mcp/<server>``), for
-# clients that speak HTTP: no shim process at all. Each HTTP session (``Mcp-Session-Id``) holds one pool lease, like
-# a shim connection. A request's answer, its progress and a server-to-client request made while it runs go back on
-# that request's SSE stream; other server messages go on the session's GET stream when the client opened one.
-
-HTTP_SESSION_IDLE = 1800.0
-"""Seconds an HTTP session with no request and no open stream is kept; a client that vanished without DELETE
-would otherwise keep its server alive forever."""
-_STREAM_BUFFER = 1024
-
-
-def load_or_create_token(path: str) -> str:
-    """The HTTP bearer token: kept in a 0600 file, reused across restarts so clients' configs stay valid."""
-    import secrets
-
-    try:
-        with open(path, encoding="ascii") as file:
-            token = file.read().strip()
-        if len(token) >= 32:
-            os.chmod(path, 0o600)
-            return token
-    except FileNotFoundError:
-        pass
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as file:
-        file.write(token + "\n")
-    return token
-
-
-class HttpSession:
-    """One Streamable HTTP session: a lease and the open SSE streams its messages are routed to."""
-
-    def __init__(self, lease: Lease) -> None:
-        import secrets
-
-        self.id = secrets.token_hex(16)
-        self.lease = lease
-        self.requests: dict[Any, Any] = {}  # client request id -> the send end of its SSE stream (oldest first)
-        self.tokens: dict[Any, Any] = {}  # progress token -> client request id
-        self.standalone: Any = None  # the send end of the GET stream, if open
-        self.last_active = time.monotonic()
-        self.closed = False
-
-    def open_request(self, message: dict[str, Any]) -> Any:
-        """Register a client request; return the receive end of the stream its answer will come on."""
-        send, receive = anyio.create_memory_object_stream[dict[str, Any]](_STREAM_BUFFER)
-        self.requests[message["id"]] = send
-        params = message.get("params")
-        meta = params.get("_meta") if isinstance(params, dict) else None
-        if isinstance(meta, dict) and meta.get("progressToken") is not None:
-            self.tokens[meta["progressToken"]] = message["id"]
-        return receive
-
-    def route(self, message: dict[str, Any]) -> None:
-        """Put one server message on the stream it belongs to (see the section comment); never blocks."""
-        method = message.get("method")
-        if method is None:  # a response: its request's stream, which it ends
-            request_id = message.get("id")
-            stream = self.requests.pop(request_id, None)
-            self.tokens = {token: rid for token, rid in self.tokens.items() if rid != request_id}
-            if stream is not None:
-                _offer(stream, message)
-                stream.close()
-            return
-        stream = None
-        if method == "notifications/progress":
-            params = message.get("params")
-            token = params.get("progressToken") if isinstance(params, dict) else None
-            stream = self.requests.get(self.tokens.get(token))
-        elif "id" in message and len(self.requests) == 1:
-            stream = next(iter(self.requests.values()))  # a server request rides the one request in flight
-        stream = stream or self.standalone or next(iter(self.requests.values()), None)
-        if stream is None:
-            logger.debug("HTTP session %s: no open stream for %s; dropped", self.id[:8], method)
-            return
-        _offer(stream, message)
-
-    async def pump(self) -> None:
-        """Route the lease's messages until it ends (released, pool closed, overflow)."""
-        try:
-            async for message in self.lease.receive:
-                try:
-                    self.route(message)
-                except Exception:  # e.g. an unhashable id or token sent by a misbehaving server
-                    logger.exception("HTTP session %s: could not route a message; dropped", self.id[:8])
-        finally:
-            self.closed = True
-            for stream in [*self.requests.values(), self.standalone]:
-                if stream is not None:
-                    stream.close()
-
-    async def close(self) -> None:
-        self.closed = True
-        with anyio.CancelScope(shield=True):
-            if not self.lease.released:
-                await self.lease.release()
-                logger.info("HTTP session %s detached from %r", self.id[:8], self.lease.server)
-
-
-def bind_http(port: int) -> socket.socket:
-    """Bind 127.0.0.1:PORT before anything else starts, so a port in use is a plain, early error."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
-    return sock
-
-
-def _offer(stream: Any, message: dict[str, Any]) -> None:
-    try:
-        stream.send_nowait(message)
-    except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-        logger.debug("an HTTP stream is full or gone; dropped a message")
-
-
-class HttpFront:
-    """The Starlette app and the uvicorn server behind ``serve --http``; sessions live in the broker's tasks."""
-
-    def __init__(self, broker: Broker, sock: socket.socket) -> None:
-        self.broker = broker
-        self.socket = sock
-        self.port: int = sock.getsockname()[1]
-        self.token = load_or_create_token(broker.paths.token)
-        self.sessions: dict[str, HttpSession] = {}
-        self.allowed_hosts = {f"127.0.0.1:{self.port}", f"localhost:{self.port}"}
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._server: Any = None
-        self._stopped = anyio.Event()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp/"
-
-    async def run(self, *, task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve on the bound socket (see :meth:`bind`) until :meth:`stop` or cancelled."""
-        import contextlib
-
-        import uvicorn
-        from starlette.applications import Starlette
-        from starlette.routing import Route
-
-        class Server(uvicorn.Server):
-            def capture_signals(self) -> contextlib.AbstractContextManager[None]:
-                return contextlib.nullcontext()  # the broker handles SIGTERM/SIGINT itself
-
-        sock = self.socket
-        try:
-            app = Starlette(routes=[Route("/mcp/{server}", self.endpoint, methods=["GET", "POST", "DELETE"])])
-            config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
-            self._server = Server(config)
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                tg.start_soon(self._serve, sock)
-                tg.start_soon(self._expire_sessions)
-                while not self._server.started:
-                    if self._stopped.is_set():
-                        raise RuntimeError("the HTTP front stopped while starting (see the log)")
-                    await anyio.sleep(0.01)
-                logger.info("HTTP front on %s<server> (bearer token in %s)", self.url, self.broker.paths.token)
-                task_status.started(self.url)
-                await self._stopped.wait()
-                tg.cancel_scope.cancel()
-        finally:
-            sock.close()
-
-    async def _serve(self, sock: socket.socket) -> None:
-        assert self._server is not None
-        try:
-            await self._server.serve([sock])
-        finally:
-            self._stopped.set()
-
-    async def stop(self) -> None:
-        """End every session (their SSE streams close), then let uvicorn finish without waiting for clients."""
-        with anyio.CancelScope(shield=True):
-            for session in list(self.sessions.values()):
-                await session.close()
-            if self._server is not None:
-                self._server.should_exit = self._server.force_exit = True
-                with anyio.move_on_after(5):
-                    await self._stopped.wait()
-            self._stopped.set()
-
-    async def _expire_sessions(self) -> None:
-        while True:
-            await anyio.sleep(min(60.0, HTTP_SESSION_IDLE / 4))
-            now = time.monotonic()
-            for session in list(self.sessions.values()):
-                idle = not session.requests and session.standalone is None
-                if session.closed or (idle and now - session.last_active > HTTP_SESSION_IDLE):
-                    self.sessions.pop(session.id, None)
-                    await session.close()
-
-    # ------------------------------------------------------------------ requests
-
-    async def endpoint(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse, Response
-
-        denied = self._check(request)
-        if denied is not None:
-            return JSONResponse({"error": denied[1]}, status_code=denied[0])
-        server = request.path_params["server"]
-        session_id = request.headers.get("mcp-session-id")
-        session = self.sessions.get(session_id) if session_id else None
-        if session_id and (session is None or session.closed):
-            return JSONResponse(error_response(None, -32001, "unknown or expired session"), status_code=404)
-        if session is not None and session.lease.server != server:
-            return JSONResponse(error_response(None, -32600, "session belongs to another server"), status_code=400)
-        if request.method == "DELETE":
-            if session is not None:
-                self.sessions.pop(session.id, None)
-                await session.close()
-            return Response(status_code=200 if session is not None else 400)
-        if request.method == "GET":
-            return self._standalone(session)
-        return await self._post(request, server, session)
-
-    def _check(self, request: Any) -> tuple[int, str] | None:
-        """Bearer token, and the Host/Origin checks that stop a web page from reaching us (DNS rebinding)."""
-        import hmac
-
-        header = request.headers.get("authorization", "")
-        if not hmac.compare_digest(header.encode(), f"Bearer {self.token}".encode()):
-            return 401, f"a bearer token is required (see {self.broker.paths.token})"
-        if request.headers.get("host") not in self.allowed_hosts:
-            return 403, "bad Host header"
-        origin = request.headers.get("origin")
-        if origin is not None and origin.removeprefix("http://") not in self.allowed_hosts:
-            return 403, "cross-origin requests are not allowed"
-        return None
-
-    def _standalone(self, session: HttpSession | None) -> Any:
-        from starlette.responses import JSONResponse, StreamingResponse
-
-        if session is None:
-            return JSONResponse(error_response(None, -32600, "GET needs an Mcp-Session-Id"), status_code=400)
-        if session.standalone is not None:
-            return JSONResponse(error_response(None, -32600, "a GET stream is already open"), status_code=409)
-        send, receive = anyio.create_memory_object_stream[dict[str, Any]](_STREAM_BUFFER)
-        session.standalone = send
-
-        async def events() -> Any:
-            try:
-                async for message in receive:
-                    yield _sse(message)
-            finally:
-                if session.standalone is send:
-                    session.standalone = None
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
-
-    async def _post(self, request: Any, server: str, session: HttpSession | None) -> Any:
-        from starlette.responses import JSONResponse, Response, StreamingResponse
-
-        try:
-            message = json.loads(await request.body())
-        except ValueError:
-            return JSONResponse(error_response(None, PARSE_ERROR, "Parse error"), status_code=400)
-        if not isinstance(message, dict):
-            return JSONResponse(error_response(None, -32600, "send one JSON-RPC message per POST"), status_code=400)
-        is_request = isinstance(message.get("method"), str) and "id" in message
-        if session is None:
-            if message.get("method") != "initialize" or not is_request:
-                code, text = (-32601, "send initialize first") if is_request else (-32600, "Mcp-Session-Id required")
-                return JSONResponse(
-                    error_response(message.get("id"), code, text), status_code=200 if is_request else 400
-                )
-            try:
-                session = await self._open(server, request.query_params.get("cwd"))
-            except Exception as exc:
-                text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-                return JSONResponse(error_response(message["id"], -32603, text), status_code=200)
-        session.last_active = time.monotonic()
-        if not is_request:
-            await self._send(session, message)
-            return Response(status_code=202)
-        receive = session.open_request(message)
-        await self._send(session, message)
-        if message.get("method") == "initialize":
-            with anyio.fail_after(30):
-                answer = await receive.receive()
-            return JSONResponse(answer, headers={"mcp-session-id": session.id})
-
-        async def events() -> Any:
-            async with receive:
-                async for item in receive:
-                    session.last_active = time.monotonic()
-                    yield _sse(item)
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
-
-    async def _open(self, server: str, cwd: str | None) -> HttpSession:
-        workspace = cwd if cwd and os.path.isabs(cwd) else os.getcwd()
-        hello = {"server": server, "cwd": workspace, "config": None, "spec": None}
-        config = server_config(hello, self.broker.configs)
-        lease = await self.broker.pool.acquire(config, workspace=workspace, environ=dict(os.environ))
-        session = HttpSession(lease)
-        self.sessions[session.id] = session
-        assert self._tg is not None
-        self._tg.start_soon(session.pump)
-        logger.info("HTTP session %s attached to %r (key %s)", session.id[:8], server, lease.key.short())
-        return session
-
-    async def _send(self, session: HttpSession, message: dict[str, Any]) -> None:
-        try:
-            await session.lease.send(message)
-        except Exception as exc:
-            logger.warning("HTTP session %s: could not forward a message: %s", session.id[:8], exc)
-            if "id" in message and "method" in message:
-                session.route(error_response(message["id"], -32000, f"mcpshare: {exc}"))
-
-
-def _sse(message: dict[str, Any]) -> bytes:
-    return b"event: message\ndata: " + encode(message).rstrip(b"\n") + b"\n\n"
-
-
 # ---------------------------------------------------------------------------------------------- running
 
 
@@ -852,7 +438,7 @@ async def serve(options: BrokerOptions, paths: runtime.RuntimePaths) -> None:
     http_socket = bind_http(options.http_port) if options.http_port is not None else None
     async with BackendPool(idle_grace=options.idle_grace) as pool:
         broker = Broker(pool, paths, options, configs)
-        front = HttpFront(broker, http_socket) if http_socket is not None else None
+        front = HttpFront(pool, configs, paths.token, http_socket) if http_socket is not None else None
         listener = await anyio.create_unix_listener(paths.socket, mode=0o600)
         try:
             async with anyio.create_task_group() as tg:
