@@ -131,6 +131,15 @@ def ignored_signals(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
 
 
+def open_fds() -> set[str]:
+    """What this process's descriptors point to (pipes by inode), from /proc: a leaked pipe shows up here."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with suppress(OSError):
+            found.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return found
+
+
 def readline_within(pipe: IO[bytes], seconds: float) -> bytes:
     """Read one line from a subprocess pipe, failing instead of hanging if none comes."""
     ready, _, _ = select.select([pipe], [], [], seconds)
@@ -189,6 +198,7 @@ def our_children_running(needle: str) -> list[psutil.Process]:
 
 @pytest.mark.parametrize("pdeathsig", [True, False], ids=["trampoline", "direct"])
 async def test_echo_through_stdin_and_stdout_then_stop_leaves_nothing(tracked: Tracker, pdeathsig: bool) -> None:
+    fds_before = open_fds()
     async with spawned(tracked, ["cat"], pdeathsig=pdeathsig) as proc:
         assert proc.pgid == proc.pid == os.getpgid(proc.pid) == os.getsid(proc.pid)
         assert proc.pdeathsig is (pdeathsig and LINUX)
@@ -206,6 +216,7 @@ async def test_echo_through_stdin_and_stdout_then_stop_leaves_nothing(tracked: T
         assert proc.group_members() == []
         assert proc.rss_bytes() == 0
         assert await proc.stop() == 0  # idempotent
+    assert open_fds() == fds_before  # every pipe to the server is closed
 
 
 @pytest.mark.skipif(not LINUX, reason="reads /proc")
@@ -399,10 +410,12 @@ async def test_exec_failure_after_preflight_raises_spawn_error_and_leaves_nothin
     bogus = tmp_path / "not-a-program"
     bogus.write_bytes(b"\x00\x01\x02 neither ELF nor #!\n")
     bogus.chmod(0o755)
+    fds_before = open_fds()
     with pytest.raises(SpawnError, match="exec format error") as info:
         await ServerProcess.spawn("s", [str(bogus)], env=ENV, cwd=None, pdeathsig=pdeathsig)
     assert str(bogus) in str(info.value)
     assert our_children_running(str(bogus)) == []
+    assert open_fds() == fds_before
 
 
 async def test_missing_working_directory_raises_spawn_error(tmp_path: Path) -> None:

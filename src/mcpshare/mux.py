@@ -255,7 +255,7 @@ class Backend:
         self.name = name
         self._send_stream = send_stream
         self._receive_stream = receive_stream
-        self._write_lock = anyio.Lock()
+        self._write_lock = anyio.Lock(fast_acquire=True)  # no loop turn when nobody else writes
         self._client_info = dict(client_info or {"name": "mcpshare", "version": "0"})
         self._roots = roots or (lambda: [])
         self._max_line_bytes = max_line_bytes
@@ -680,8 +680,8 @@ class Backend:
         while True:
             try:
                 chunk = await self._receive_stream.receive(65536)
-            except anyio.EndOfStream:
-                return
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                return  # closed: the process is being stopped
             start = 0
             while True:
                 newline = chunk.find(b"\n", start)
@@ -700,7 +700,10 @@ class Backend:
                 if len(line) > limit:
                     raise BackendError(f"sent a line longer than the limit of {limit} bytes")
                 self._handle_line(line)
-                await anyio.lowlevel.checkpoint()  # let readers take it before the next line: bursts stay small
+                if start < len(chunk):
+                    # More lines wait in this chunk: let readers take this one first, so bursts stay small. (After
+                    # the last line the next receive yields anyway; a checkpoint there would cost a loop turn.)
+                    await anyio.lowlevel.checkpoint()
 
     def _handle_line(self, line: bytes) -> None:
         line = line.strip()

@@ -52,6 +52,7 @@ import anyio.abc
 import psutil
 
 from mcpshare._guardian import proc_stat as _proc_stat
+from mcpshare.fdstream import FdReceiveStream, FdSendStream
 
 __all__ = [
     "Guardian",
@@ -291,19 +292,21 @@ class ServerProcess:
         argv: tuple[str, ...],
         process: anyio.abc.Process,
         *,
+        stdin: FdSendStream,
+        stdout: FdReceiveStream,
         guardian: Guardian | None,
         stderr_lines: int,
         pdeathsig: bool,
     ) -> None:
-        assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+        assert process.stderr is not None
         self.name = name
         self.argv = argv
         self.pid: int = process.pid
         # start_new_session=True makes the child call setsid() before exec, so it leads a new session and a new
         # process group, both numbered by its pid.
         self.pgid: int = process.pid
-        self.stdin: anyio.abc.ByteSendStream = process.stdin
-        self.stdout: anyio.abc.ByteReceiveStream = process.stdout
+        self.stdin: anyio.abc.ByteSendStream = stdin
+        self.stdout: anyio.abc.ByteReceiveStream = stdout
         self.stderr = StderrRing(stderr_lines)
         self._stderr_stream: anyio.abc.ByteReceiveStream = process.stderr
         self.pdeathsig = pdeathsig
@@ -347,30 +350,52 @@ class ServerProcess:
             status_r, status_w = os.pipe()
             owner = str(os.getpid())
             command = [sys.executable, "-I", "-S", str(_GUARDIAN_SCRIPT), "--exec", owner, str(status_w), *argv]
+        # Our own pipes for the protocol, not asyncio's transports: a non-blocking write that fits goes out at once
+        # and a read that finds data returns it, without the extra trips through the event loop that asyncio's
+        # stream wrappers take per message (they are most of the cost of a quick call).
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        stdin = FdSendStream(stdin_w)
+        stdout = FdReceiveStream(stdout_r)
         try:
             try:
                 process = await anyio.open_process(
                     command,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
+                    stdin=stdin_r,
+                    stdout=stdout_w,
                     stderr=subprocess.PIPE,
                     env=dict(env),
                     cwd=cwd,
                     start_new_session=True,
                     pass_fds=(status_w,) if use_trampoline else (),
                 )
-            except OSError as exc:
+            except BaseException as exc:
+                await stdin.aclose()  # no await inside: closing cannot be cancelled halfway
+                await stdout.aclose()
+                if not isinstance(exc, OSError):
+                    raise
                 if use_trampoline and exc.filename is not None and os.fsdecode(exc.filename) == sys.executable:
                     problem = f"cannot run {sys.executable!r} for the PDEATHSIG trampoline: {exc.strerror or exc}"
                 else:
                     problem = _describe_exec_error(exc, argv[0], cwd)
                 raise SpawnError(f"cannot start MCP server {name!r}: {problem}", name=name, argv=argv) from exc
             finally:
+                os.close(stdin_r)  # the child's ends: only the child holds them now
+                os.close(stdout_w)
                 if status_w >= 0:
                     os.close(status_w)  # the child holds the only copy now: its exec (or exit) gives us EOF
 
             # A process exists from here on: any failure, including cancellation, must stop it before raising.
-            proc = cls(name, argv, process, guardian=guardian, stderr_lines=stderr_lines, pdeathsig=use_trampoline)
+            proc = cls(
+                name,
+                argv,
+                process,
+                stdin=stdin,
+                stdout=stdout,
+                guardian=guardian,
+                stderr_lines=stderr_lines,
+                pdeathsig=use_trampoline,
+            )
             try:
                 if guardian is not None:
                     try:
@@ -518,8 +543,9 @@ class ServerProcess:
             logger.warning("processes %s of MCP server %r survived SIGKILL", survivors, self.name)
         elif self._guardian is not None:
             self._guardian.unregister(self.pgid)
+        await self.stdout.aclose()  # a reader still waiting on it gets ClosedResourceError, the mux's EOF
         if self.returncode is not None:
-            # Close the pipes and the transport now, not in a garbage collector after the loop has gone.
+            # Close the stderr pipe and the transport now, not in a garbage collector after the loop has gone.
             with anyio.move_on_after(1.0):
                 await self._process.aclose()
 
