@@ -193,7 +193,16 @@ async def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.
 # ---------------------------------------------------------------------------------------------- sharing
 
 
-async def test_ten_shims_at_once_share_one_broker_and_one_server(broker_env: BrokerEnv, marker: str) -> None:
+@pytest.fixture(params=["handover", "relay"])
+def shim_env(request: pytest.FixtureRequest, broker_env: BrokerEnv) -> dict[str, str]:
+    """The shim's environment in both of its modes: handing its stdio to the broker (the default wherever stdin
+    and stdout are pipes, as here), or relaying bytes itself (``MCPSHARE_PASS_STDIO=0``)."""
+    return {**broker_env.env, **({"MCPSHARE_PASS_STDIO": "0"} if request.param == "relay" else {})}
+
+
+async def test_ten_shims_at_once_share_one_broker_and_one_server(
+    broker_env: BrokerEnv, shim_env: dict[str, str], marker: str
+) -> None:
     """Ten clients start together with no broker: one broker wins the start race, one server serves them all,
     each client sees only its own answers and progress; when they all leave, the server stops after the grace."""
     argv = broker_env.shim("test", "--", *server_argv(marker=marker))
@@ -208,7 +217,7 @@ async def test_ten_shims_at_once_share_one_broker_and_one_server(broker_env: Bro
         async def on_progress(value: float, total: float | None, message: str | None) -> None:
             progress.append(value)
 
-        async with sdk_session(argv, env=broker_env.env) as session:
+        async with sdk_session(argv, env=shim_env) as session:
             who = tool_json(await session.call_tool("whoami", {}))
             echoed = tool_text(await session.call_tool("echo", {"text": f"client {index}"}))
             await session.call_tool("progress", {"steps": 2 + index % 3}, progress_callback=on_progress)
@@ -236,7 +245,9 @@ async def test_ten_shims_at_once_share_one_broker_and_one_server(broker_env: Bro
     assert broker_env.brokers()  # the broker itself stays for the next client
 
 
-async def test_a_server_to_client_request_reaches_its_own_shim_client(broker_env: BrokerEnv, marker: str) -> None:
+async def test_a_server_to_client_request_reaches_its_own_shim_client(
+    broker_env: BrokerEnv, shim_env: dict[str, str], marker: str
+) -> None:
     """Elicitation rides the shim like any message: the client that called gets the question and answers it."""
     asked: list[str] = []
 
@@ -247,8 +258,8 @@ async def test_a_server_to_client_request_reaches_its_own_shim_client(broker_env
     argv = broker_env.shim("test", "--", *server_argv(marker=marker))
     with anyio.fail_after(30):
         async with (
-            sdk_session(argv, env=broker_env.env, elicitation_callback=on_elicit) as asker,
-            sdk_session(argv, env=broker_env.env) as bystander,
+            sdk_session(argv, env=shim_env, elicitation_callback=on_elicit) as asker,
+            sdk_session(argv, env=shim_env) as bystander,
         ):
             assert tool_text(await asker.call_tool("ask", {"question": "colour?"})) == "accept:blue"
             assert tool_text(await bystander.call_tool("echo", {"text": "still mine"})) == "still mine"
@@ -403,16 +414,151 @@ async def test_a_peer_of_another_uid_is_refused(broker_env: BrokerEnv) -> None:
     assert "refused a connection from uid 65534" in Path(broker_env.paths.log).read_text()
 
 
+# ---------------------------------------------------------------------------------------------- handing stdio over
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+}
+
+
+def pipe_inodes(pid: int) -> set[int]:
+    """Inodes of the pipes and sockets process ``pid`` holds open, read from /proc (what the OS says it holds)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(("pipe:[", "socket:[")):
+            inodes.add(int(target.split("[")[1].rstrip("]")))
+    return inodes
+
+
+class RawShim:
+    """A shim started by hand with its stdin and stdout on pipes, spoken to in raw JSON-RPC lines."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+
+    def ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.stdin.write(runtime.encode_line(message))
+        self.stdin.flush()
+        return json.loads(self.stdout.readline())
+
+    def pipes(self) -> set[int]:
+        """Inodes of the two pipes between us and the shim (stdin's and stdout's)."""
+        return {os.fstat(self.stdin.fileno()).st_ino, os.fstat(self.stdout.fileno()).st_ino}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        for stream in (self.stdin, self.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+async def test_the_shim_hands_its_stdio_to_the_broker(broker_env: BrokerEnv, marker: str) -> None:
+    """Seen from /proc: while a session runs, the broker holds the client's two pipes and the shim holds neither
+    (it relays nothing, so a message crosses one process less); closing stdin ends it with exit status 0. With
+    MCPSHARE_PASS_STDIO=0 the shim keeps them and relays, and the broker never sees them."""
+    argv = broker_env.shim("test", "--", *server_argv(marker=marker))
+    for relay in (False, True):
+        env = broker_env.run_env(**({"MCPSHARE_PASS_STDIO": "0"} if relay else {}))
+        shim = RawShim(argv, env, broker_env.root)
+        try:
+            answer = await anyio.to_thread.run_sync(shim.ask, INITIALIZE)
+            assert answer["id"] == 1 and "serverInfo" in answer["result"]
+            called = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "x"}},
+            }
+            assert (await anyio.to_thread.run_sync(shim.ask, called))["result"]["content"][0]["text"] == "x"
+            broker_pid = broker_env.broker_pid()
+            assert broker_pid is not None
+            pipes = shim.pipes()
+            if relay:
+                assert pipes <= pipe_inodes(shim.proc.pid) and not pipes & pipe_inodes(broker_pid)
+            else:
+                assert pipes <= pipe_inodes(broker_pid) and not pipes & pipe_inodes(shim.proc.pid)
+                assert [os.readlink(f"/proc/{shim.proc.pid}/fd/{fd}") for fd in (0, 1)] == [os.devnull] * 2
+            shim.stdin.close()
+            assert await anyio.to_thread.run_sync(shim.stdout.read) == b""  # the end of its stdout, at once
+            assert await anyio.to_thread.run_sync(shim.proc.wait, 10) == 0
+            assert shim.proc.stderr is not None and shim.proc.stderr.read() == b""
+        finally:
+            shim.close()
+
+
+async def test_a_killed_shim_ends_its_session(broker_env: BrokerEnv, marker: str) -> None:
+    """A client that kills its "server" (the shim) but keeps its pipes open still ends the session: the broker
+    sees the shim's socket close, lets go of the client's pipes (the client reads the end of stdout) and releases
+    its hold on the server, which stops after the idle grace."""
+    argv = broker_env.shim("test", "--", *server_argv(marker=marker))
+    shim = RawShim(argv, broker_env.run_env(), broker_env.root)
+    try:
+        assert "result" in await anyio.to_thread.run_sync(shim.ask, INITIALIZE)
+        await wait_for_servers(marker, 1)
+        shim.proc.kill()
+        shim.proc.wait(timeout=10)
+        with anyio.fail_after(10):
+            assert await anyio.to_thread.run_sync(shim.stdout.read) == b""
+            await wait_no_connections(broker_env)
+        await wait_for_servers(marker, 0, timeout=5)
+    finally:
+        shim.close()
+
+
+async def wait_no_connections(env: BrokerEnv) -> None:
+    """Poll the broker's status until no client connection is left."""
+    status = control("status", env)
+    while status is None or status["connections"]:
+        await anyio.sleep(0.05)
+        status = control("status", env)
+
+
+def test_only_pipes_and_sockets_are_handed_over(tmp_path: Path) -> None:
+    """A terminal or a file is never given to the broker (it would be put in non-blocking mode under whoever else
+    uses it): the shim relays those itself. Decided by the OS's file types, here for a file, pipes and the switch."""
+    probe = [sys.executable, "-c", "from mcpshare.shim import can_pass_stdio; print(can_pass_stdio())"]
+    piped = subprocess.run(probe, stdin=subprocess.PIPE, capture_output=True, text=True, timeout=20)
+    assert piped.stdout.strip() == "True"
+    (tmp_path / "in").write_text("")
+    with (tmp_path / "in").open("rb") as file:
+        from_file = subprocess.run(probe, stdin=file, capture_output=True, text=True, timeout=20)
+    assert from_file.stdout.strip() == "False"
+    switched_off = subprocess.run(
+        probe,
+        stdin=subprocess.PIPE,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "MCPSHARE_PASS_STDIO": "0"},
+    )
+    assert switched_off.stdout.strip() == "False"
+
+
 # ---------------------------------------------------------------------------------------------- crashes and signals
 
 
-async def test_broker_killed_with_sigkill_leaves_no_server(broker_env: BrokerEnv, marker: str, tmp_path: Path) -> None:
+async def test_broker_killed_with_sigkill_leaves_no_server(
+    broker_env: BrokerEnv, shim_env: dict[str, str], marker: str, tmp_path: Path
+) -> None:
     """The shim reports the lost broker clearly; the guardian kills the server; the next client starts a new
     broker despite the stale socket file."""
     argv = broker_env.shim("test", "--", *server_argv(marker=marker))
     errlog = tmp_path / "shim.stderr"
     with anyio.fail_after(30), errlog.open("w") as stderr:
-        async with sdk_session(argv, env=broker_env.env, errlog=stderr) as session:
+        async with sdk_session(argv, env=shim_env, errlog=stderr) as session:
             server_pid = tool_json(await session.call_tool("whoami", {}))["pid"]
             broker_pid = broker_env.broker_pid()
             assert broker_pid is not None
@@ -429,11 +575,17 @@ async def test_broker_killed_with_sigkill_leaves_no_server(broker_env: BrokerEnv
         assert broker_env.broker_pid() not in (None, broker_pid)
 
 
-async def test_sigterm_stops_every_server_and_removes_the_socket(broker_env: BrokerEnv, marker: str) -> None:
+async def test_sigterm_stops_every_server_and_removes_the_socket(
+    broker_env: BrokerEnv, shim_env: dict[str, str], marker: str, tmp_path: Path
+) -> None:
     argv = broker_env.shim("test", "--", *server_argv(marker=marker))
     other = broker_env.shim("other", "--", *server_argv("--name=other", marker=marker))
-    with anyio.fail_after(30):
-        async with sdk_session(argv, env=broker_env.env) as one, sdk_session(other, env=broker_env.env) as two:
+    errlog = tmp_path / "shim.stderr"
+    with anyio.fail_after(30), errlog.open("w") as stderr:
+        async with (
+            sdk_session(argv, env=shim_env, errlog=stderr) as one,
+            sdk_session(other, env=shim_env, errlog=stderr) as two,
+        ):
             pids = [tool_json(await s.call_tool("whoami", {}))["pid"] for s in (one, two)]
             assert len(set(pids)) == 2
             brokers = broker_env.brokers()
@@ -446,6 +598,10 @@ async def test_sigterm_stops_every_server_and_removes_the_socket(broker_env: Bro
     assert not runtime.lock_held(broker_env.paths.lock)
     log = Path(broker_env.paths.log).read_text()
     assert "received SIGTERM" in log and "stopped" in log
+    said = errlog.read_text()
+    assert said.count("lost the connection to the mcpshare broker") == 2
+    if "MCPSHARE_PASS_STDIO" not in shim_env:  # a shim that handed its stdio over is told why
+        assert said.count("the broker is stopping") == 2
 
 
 # ---------------------------------------------------------------------------------------------- protocol

@@ -42,6 +42,7 @@ import psutil
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mcpshare import __version__, runtime
+from mcpshare.fdstream import FdReceiveStream, FdSendStream
 from mcpshare.http_front import HttpFront, bind_http
 from mcpshare.mux import DEFAULT_MAX_LINE_BYTES, encode, error_response
 from mcpshare.pool import DEFAULT_IDLE_GRACE, BackendPool, Lease
@@ -240,15 +241,66 @@ class Broker:
             "client pid %s attached to %r (key %s, server pid %s)", peer_pid, name, lease.key.short(), lease.pid
         )
         try:
-            answer = {"ok": True, "server": name, "key": lease.key.short(), "pid": lease.pid}
+            answer: dict[str, Any] = {"ok": True, "server": name, "key": lease.key.short(), "pid": lease.pid}
+            take_stdio = hello.get("stdio") == runtime.STDIO_PASS and isinstance(stream, anyio.abc.UNIXSocketStream)
+            if take_stdio:
+                answer["stdio"] = runtime.STDIO_PASS
             if await _answer(stream, answer):
-                await relay(stream, buffered, lease)
+                if take_stdio:
+                    await self._serve_stdio(stream, buffered, lease)
+                else:
+                    await relay(stream, buffered, lease)
         finally:
             del self.connections[conn_id]
             with anyio.CancelScope(shield=True):
                 if not lease.released:
                     await lease.release()
             logger.info("client pid %s detached from %r", peer_pid, name)
+
+    async def _serve_stdio(
+        self, stream: anyio.abc.UNIXSocketStream, buffered: BufferedByteReceiveStream, lease: Lease
+    ) -> None:
+        """Serve the client on the stdin/stdout its shim handed over; tell the shim how it ended.
+
+        The shim's socket then carries nothing until our last line: its end (EOF, or the shim killed) ends the
+        session too, since a client that killed its "server" must not keep a session on the real one.
+        """
+        if buffered.buffer:
+            await _answer(stream, {"end": "error", "error": "protocol error: data before the descriptors"})
+            return
+        try:
+            with anyio.fail_after(HELLO_TIMEOUT):
+                _, fds = await stream.receive_fds(1, 2)
+        except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            return  # the shim died or hung between its hello and its descriptors
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            await _answer(stream, {"end": "error", "error": "protocol error: expected stdin and stdout"})
+            return
+        client_out = FdSendStream(fds[1])
+        client_in = BufferedByteReceiveStream(FdReceiveStream(fds[0]))
+        ending: dict[str, Any] = {"end": "error", "error": "the broker is stopping"}
+        ended: str | None = "the shim went away"  # unless the relay returns: the shim's socket ended first
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def watch_shim() -> None:
+                    try:
+                        await stream.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        pass
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(watch_shim)
+                ended = await relay(client_out, client_in, lease)
+                tg.cancel_scope.cancel()
+            ending = {"end": "eof"} if ended is None else {"end": "error", "error": ended}
+        finally:
+            with anyio.CancelScope(shield=True):
+                await client_out.aclose()
+                await client_in.aclose()
+                await _answer(stream, ending)
 
     # ------------------------------------------------------------------ control
 
@@ -340,21 +392,29 @@ async def _answer(stream: anyio.abc.ByteSendStream, message: dict[str, Any]) -> 
     return True
 
 
-async def relay(stream: anyio.abc.ByteSendStream, buffered: BufferedByteReceiveStream, lease: Lease) -> None:
-    """Pump JSON-RPC lines socket -> lease and lease -> socket until either side ends."""
+async def relay(stream: anyio.abc.ByteSendStream, buffered: BufferedByteReceiveStream, lease: Lease) -> str | None:
+    """Pump JSON-RPC lines client -> lease and lease -> client until either side ends.
+
+    Returns None when the client ended it (EOF, or it stopped reading), else why the broker ended the session.
+    """
+    ended: str | None = None
     async with anyio.create_task_group() as tg:
 
         async def to_client() -> None:
+            nonlocal ended
             try:
                 async for message in lease.receive:
                     await stream.send(encode(message))
+                # The lease ended under us: this session overflowed, or the pool is closing.
+                ended = f"the broker ended this session: {lease.broken or 'the broker is stopping'}"
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                pass
-            tg.cancel_scope.cancel()  # the lease ended (pool closing, session overflow) or the client is gone
+                pass  # the client is gone
+            tg.cancel_scope.cancel()
 
         tg.start_soon(to_client)
         await _from_client(buffered, lease)
         tg.cancel_scope.cancel()
+    return ended
 
 
 async def _from_client(buffered: BufferedByteReceiveStream, lease: Lease) -> None:

@@ -23,7 +23,11 @@ Wire protocol (version :data:`PROTOCOL`), one JSON object per line, UTF-8:
   "spec": {"command", "args", "env", "cwd", "share"}|null, "cwd": CLIENT_CWD, "env": {CLIENT_ENV}}``,
   or a *control* request: ``{"mcpshare": 1, "control": "status"|"stop"|"restart"|"ping", ...}``;
 * broker -> client: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``;
-* after an ``ok`` to a hello: raw newline-delimited JSON-RPC in both directions, until either side closes.
+* after an ``ok`` to a hello: raw newline-delimited JSON-RPC in both directions, until either side closes;
+* unless the hello offered ``"stdio": "pass"`` and the answer accepted it with the same field: then the shim sends
+  one byte carrying its stdin and stdout (``SCM_RIGHTS``) and relays nothing; the broker reads and writes the
+  client's pipes itself and, when the session ends, sends one last line, ``{"end": "eof"}`` (the client ended it)
+  or ``{"end": "error", "error": "..."}``, and closes. The shim closing the socket ends the session too.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from collections.abc import Mapping
 
 PROTOCOL = 1
 """Version of the hello/control protocol; a broker refuses a hello of another version with a clear error."""
+
+STDIO_PASS = "pass"
+"""The hello field ``"stdio"`` with this value: the shim can hand its stdin/stdout over to the broker."""
 
 ENV_RUNTIME_DIR = "MCPSHARE_RUNTIME_DIR"
 SOCKET_NAME = "broker.sock"

@@ -8,7 +8,14 @@ cached handshake and it sees only its own responses, progress and server-to-clie
 Why so frugal. One shim runs per (client x server), so its cost is multiplied: a CPython process that imports the
 SDK is ~40 MB and half a second. This module and :mod:`mcpshare.runtime` import only cheap standard-library
 modules (no SDK, anyio, typer, rich or psutil; test_shim.py checks it), parse arguments by hand (argparse is slow
-to import) and relay with two plain threads and blocking ``os.read``/``sendall``: ~11 MB and tens of milliseconds.
+to import): ~10 MB and tens of milliseconds.
+
+Why it hands its stdio over. A relaying shim costs every message two more process wake-ups (client -> shim ->
+broker and back), which doubled the latency of a quick call. So when stdin and stdout are pipes or sockets (what
+every MCP client gives a server), the shim passes them to the broker over the Unix socket (``SCM_RIGHTS``) and then
+only waits: the broker reads the client's requests and writes its answers directly, as a server would, and tells
+the shim how the session ended so it can exit with the right status and message. Otherwise (a terminal, a file, a
+broker without the feature, or ``MCPSHARE_PASS_STDIO=0``) it relays the bytes itself with two plain threads.
 
 Why autostart. The first client to need the broker starts it, detached (double fork, new session). Ten clients
 starting at once may each start one; each broker takes an exclusive ``flock`` before doing anything else, the
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import _socket
 import os
+import stat
 import sys
 import time
 
@@ -47,6 +55,8 @@ the shim runs the server directly (unshared) when it knows the command, and says
 """
 
 ENV_NO_AUTOSTART = "MCPSHARE_NO_AUTOSTART"
+ENV_PASS_STDIO = "MCPSHARE_PASS_STDIO"
+"""``0`` makes the shim relay bytes itself instead of handing its stdin/stdout to the broker."""
 ENV_CONNECT_TIMEOUT = "MCPSHARE_CONNECT_TIMEOUT"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds to wait for a broker to come up (the autostarted one imports the SDK: ~1 s on a cold cache)."""
@@ -144,7 +154,26 @@ def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> Reques
     return request
 
 
-def build_hello(request: Request, *, cwd: str, environ: dict[str, str]) -> dict[str, object]:
+def can_pass_stdio(environ: dict[str, str] | None = None) -> bool:
+    """Whether our stdin and stdout can be handed to the broker: both pipes or sockets, and not turned off.
+
+    Not a terminal or a file: the broker puts what it gets in non-blocking mode, which would leak into a shell
+    sharing the terminal, and a file has no reader to wait for.
+    """
+    env = os.environ if environ is None else environ
+    if env.get(ENV_PASS_STDIO, "") in ("0", "false", "no") or not hasattr(_socket, "SCM_RIGHTS"):
+        return False
+    for fd in (0, 1):
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            return False
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return False
+    return True
+
+
+def build_hello(request: Request, *, cwd: str, environ: dict[str, str], pass_stdio: bool = False) -> dict[str, object]:
     """The first line sent to the broker (see :mod:`mcpshare.runtime` for the protocol)."""
     spec = None
     if request.command is not None:
@@ -156,7 +185,7 @@ def build_hello(request: Request, *, cwd: str, environ: dict[str, str]) -> dict[
             "share": request.share,
         }
     config = os.path.join(cwd, request.config) if request.config is not None else None
-    return {
+    hello: dict[str, object] = {
         "mcpshare": runtime.PROTOCOL,
         "server": request.server,
         "config": config,
@@ -164,6 +193,9 @@ def build_hello(request: Request, *, cwd: str, environ: dict[str, str]) -> dict[
         "cwd": cwd,
         "env": environ,
     }
+    if pass_stdio:
+        hello["stdio"] = runtime.STDIO_PASS
+    return hello
 
 
 # ---------------------------------------------------------------------------------------------- reaching the broker
@@ -376,11 +408,52 @@ def relay(sock: _socket.socket, leftover: bytes, *, server: str, log: str) -> in
     normal = state.pump_socket(leftover)
     if normal:
         return 0
+    return _lost(server, log)
+
+
+def _lost(server: str, log: str, reason: str | None = None) -> int:
+    why = reason or "the broker stopped or crashed, or ended this session"
     sys.stderr.write(
-        f"mcpshare connect: lost the connection to the mcpshare broker serving {server!r} (the broker stopped or "
-        f"crashed, or ended this session; its log: {log}). Reconnect the MCP server in your client.\n"
+        f"mcpshare connect: lost the connection to the mcpshare broker serving {server!r} ({why}; its log: {log}). "
+        "Reconnect the MCP server in your client.\n"
     )
     return 1
+
+
+def hand_over(sock: _socket.socket, leftover: bytes, *, server: str, log: str) -> int:
+    """Give our stdin and stdout to the broker, then wait for its word on how the session ended.
+
+    Our own copies are replaced by /dev/null at once, so that when the broker closes the client's stdout (or dies)
+    the client sees the end of it without waiting for us. Returns 0 when the client ended the session.
+    """
+    fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (0, 1))  # a C int[2]
+    try:
+        sock.sendmsg([b"\0"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+    except OSError as exc:
+        return _lost(server, log, f"could not hand over stdio: {exc.strerror or exc}")
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    buffer = leftover
+    try:
+        while b"\n" not in buffer:
+            chunk = sock.recv(CHUNK)
+            if not chunk:
+                break
+            buffer += chunk
+    except OSError:
+        pass
+    line, newline, _ = buffer.partition(b"\n")
+    try:
+        ending = runtime.decode_line(line) if newline else None
+    except ValueError:
+        ending = None
+    if ending is None:
+        return _lost(server, log)
+    if ending.get("end") == "eof":
+        return 0
+    return _lost(server, log, str(ending.get("error") or "no reason given"))
 
 
 # ---------------------------------------------------------------------------------------------- fallback
@@ -455,22 +528,25 @@ def _display(argv: list[str]) -> str:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def connect(request: Request, *, paths: runtime.RuntimePaths, cwd: str) -> tuple[_socket.socket, bytes]:
-    """A socket on which the broker accepted our hello, and any bytes it already sent after its answer."""
+def connect(
+    request: Request, *, paths: runtime.RuntimePaths, cwd: str, pass_stdio: bool = False
+) -> tuple[_socket.socket, bytes, bool]:
+    """A socket on which the broker accepted our hello, any bytes it already sent after its answer, and whether it
+    takes our stdio (only if we offered it)."""
     try:
         timeout = float(os.environ.get(ENV_CONNECT_TIMEOUT) or DEFAULT_CONNECT_TIMEOUT)
     except ValueError:
         timeout = DEFAULT_CONNECT_TIMEOUT
     sock = open_connection(paths, autostart=request.autostart, timeout=timeout)
     try:
-        hello = build_hello(request, cwd=cwd, environ=dict(os.environ))
+        hello = build_hello(request, cwd=cwd, environ=dict(os.environ), pass_stdio=pass_stdio)
         answer, leftover = handshake(sock, hello, timeout=HELLO_TIMEOUT)
         if answer.get("ok") is not True:
             raise BrokerUnavailable(f"the broker refused {request.server!r}: {answer.get('error', 'no reason given')}")
     except BaseException:
         sock.close()
         raise
-    return sock, leftover
+    return sock, leftover, pass_stdio and answer.get("stdio") == runtime.STDIO_PASS
 
 
 def main(argv: list[str]) -> int:
@@ -486,12 +562,14 @@ def main(argv: list[str]) -> int:
     cwd = os.getcwd()
     paths = runtime.RuntimePaths.default()
     try:
-        sock, leftover = connect(request, paths=paths, cwd=cwd)
+        sock, leftover, handed = connect(request, paths=paths, cwd=cwd, pass_stdio=can_pass_stdio())
     except BrokerUnavailable as exc:
         return fallback(request, str(exc), cwd=cwd)
     except KeyboardInterrupt:
         return 130
     try:
+        if handed:
+            return hand_over(sock, leftover, server=request.server, log=paths.log)
         return relay(sock, leftover, server=request.server, log=paths.log)
     except KeyboardInterrupt:
         return 130
