@@ -1,41 +1,54 @@
-"""anyio byte streams over raw file descriptors: the pipes (or sockets) a shim hands over to the broker.
+"""Byte streams over raw non-blocking file descriptors: the pipes to each server, and the client pipes a shim hands
+over to the broker.
 
-A shim whose stdin and stdout are pipes or sockets passes them to the broker (``SCM_RIGHTS``), so the broker reads
-the client's requests and writes its answers itself, and the shim relays nothing: one process hop less per message
-(see :mod:`mcpshare.shim`). The descriptors are put in non-blocking mode and waited on with the event loop
-(``anyio.wait_readable``/``wait_writable``), so a client that stops reading only stalls its own session. Both
-streams own their descriptor and close it on :meth:`aclose`.
+Why not asyncio's transports behind ``anyio.open_process``: a quick tool call is two short messages, and with the
+stream wrappers each message cost several extra trips through the event loop (a checkpoint per write, a waiter
+future per read, readiness registered and unregistered every time). Here:
+
+* a send that the pipe accepts at once costs one ``write`` and no loop turn; what the pipe does not take is kept
+  in a buffer that a writer callback flushes, so a send is *atomic*: once called, its bytes go out whole, in call
+  order, even if the sender is cancelled. Senders therefore need no lock, and only wait (for backpressure) while
+  more than :data:`HIGH_WATER` bytes are buffered;
+* a receiver stays registered with the event loop while it keeps reading, instead of registering for every read.
+
+They use the asyncio event loop directly (mcpshare runs on asyncio; anyio's cancellation works across these awaits
+since anyio cancels asyncio tasks). Both streams own their descriptor and close it on :meth:`aclose`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 
 CHUNK = 65536
-
-
-def _adopt(fd: int) -> int:
-    os.set_blocking(fd, False)
-    return fd
-
-
-def _close(stream: FdReceiveStream | FdSendStream) -> None:
-    if not stream._closed:
-        stream._closed = True
-        anyio.notify_closing(stream.fd)  # a task waiting on it gets ClosedResourceError, not a stale wait
-        os.close(stream.fd)
+HIGH_WATER = 65536
+"""A sender waits while more than this many bytes are buffered for a descriptor that is not being read."""
 
 
 class FdReceiveStream(anyio.abc.ByteReceiveStream):
     """Reads from a non-blocking descriptor; EOF is :class:`anyio.EndOfStream`."""
 
     def __init__(self, fd: int) -> None:
-        self.fd = _adopt(fd)
+        os.set_blocking(fd, False)
+        self.fd = fd
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._registered = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _on_readable(self) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            # Nobody is waiting (the reader is busy elsewhere): stop watching, or a readable descriptor would make
+            # the loop call us on every turn. The next wait registers again.
+            assert self._loop is not None
+            self._loop.remove_reader(self.fd)
+            self._registered = False
+        elif not waiter.done():
+            waiter.set_result(None)
 
     async def receive(self, max_bytes: int = CHUNK) -> bytes:
         waited = False
@@ -45,43 +58,125 @@ class FdReceiveStream(anyio.abc.ByteReceiveStream):
             try:
                 data = os.read(self.fd, max_bytes)
             except BlockingIOError:
-                await anyio.wait_readable(self.fd)
+                await self._wait()
                 waited = True
                 continue
             except OSError as exc:
                 raise anyio.BrokenResourceError from exc
             if not waited:
-                # Data was there without waiting: still let other tasks run, so a client that writes without
-                # pause cannot starve the event loop.
-                await anyio.lowlevel.checkpoint()
+                # Data was there without waiting: still let other tasks run, so a peer that writes without pause
+                # cannot starve the event loop.
+                await asyncio.sleep(0)
             if not data:
                 raise anyio.EndOfStream
             return data
 
+    async def _wait(self) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        waiter = self._waiter = loop.create_future()
+        if not self._registered:
+            loop.add_reader(self.fd, self._on_readable)
+            self._registered = True
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
     async def aclose(self) -> None:
-        _close(self)
+        if self._closed:
+            return
+        self._closed = True
+        if self._registered and self._loop is not None:
+            self._loop.remove_reader(self.fd)
+            self._registered = False
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(anyio.ClosedResourceError())
+        os.close(self.fd)
 
 
 class FdSendStream(anyio.abc.ByteSendStream):
-    """Writes everything to a non-blocking descriptor, waiting while the pipe is full."""
+    """Writes to a non-blocking descriptor; every :meth:`send` is atomic (see the module's docstring)."""
 
     def __init__(self, fd: int) -> None:
-        self.fd = _adopt(fd)
+        os.set_blocking(fd, False)
+        self.fd = fd
         self._closed = False
+        self._error: OSError | None = None
+        self._buffer = bytearray()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drained: asyncio.Future[None] | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes accepted by :meth:`send` and not yet written to the descriptor."""
+        return len(self._buffer)
+
+    def send_nowait(self, item: bytes, limit: int) -> None:
+        """Write ``item`` or buffer what the descriptor does not take yet, never waiting.
+
+        Raises :class:`anyio.WouldBlock` (and takes nothing) when ``limit`` bytes are already buffered: the reader
+        is not keeping up. Broken/closed as :meth:`send`.
+        """
+        if self._buffer and len(self._buffer) + len(item) > limit:
+            raise anyio.WouldBlock
+        self._put(item)
 
     async def send(self, item: bytes) -> None:
-        view = memoryview(item)
-        while view:
-            if self._closed:
-                raise anyio.ClosedResourceError
+        self._put(item)
+        while len(self._buffer) > HIGH_WATER and self._error is None and not self._closed:
+            loop = self._loop or asyncio.get_running_loop()
+            if self._drained is None or self._drained.done():
+                self._drained = loop.create_future()
+            await asyncio.shield(self._drained)  # one future for all waiting senders; a cancelled one leaves it
+        if self._error is not None:
+            raise anyio.BrokenResourceError from self._error
+
+    def _put(self, item: bytes) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._error is not None:
+            raise anyio.BrokenResourceError from self._error
+        if not self._buffer:
             try:
-                written = os.write(self.fd, view)
+                written = os.write(self.fd, item)
             except BlockingIOError:
-                await anyio.wait_writable(self.fd)
-                continue
-            except OSError as exc:  # EPIPE: the client closed its end
+                written = 0
+            except OSError as exc:  # EPIPE: the reader closed its end
+                self._error = exc
                 raise anyio.BrokenResourceError from exc
-            view = view[written:]
+            if written == len(item):
+                return
+            loop = self._loop = self._loop or asyncio.get_running_loop()
+            loop.add_writer(self.fd, self._on_writable)
+            item = memoryview(item)[written:]
+        self._buffer += item
+
+    def _on_writable(self) -> None:
+        try:
+            written = os.write(self.fd, self._buffer)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._error = exc
+            self._buffer.clear()
+            written = 0
+        del self._buffer[:written]
+        if not self._buffer:
+            assert self._loop is not None
+            self._loop.remove_writer(self.fd)
+        if (len(self._buffer) <= HIGH_WATER or self._error is not None) and self._drained is not None:
+            if not self._drained.done():
+                self._drained.set_result(None)
 
     async def aclose(self) -> None:
-        _close(self)
+        """Close at once; bytes still buffered are dropped (the reader is not reading, or is being stopped)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._buffer and self._loop is not None:
+            self._loop.remove_writer(self.fd)
+        self._buffer.clear()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        os.close(self.fd)

@@ -22,13 +22,26 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
+from mcpshare.fdstream import FdSendStream
+
 logger = logging.getLogger("mcpshare.mux")
+
+
+class Sink(Protocol):
+    """Where a session's messages go (a memory object stream's send end, or a pool lease's inbox): ``send_nowait``
+    never blocks, raising :class:`anyio.WouldBlock` when full and :class:`anyio.BrokenResourceError` or
+    :class:`anyio.ClosedResourceError` when nobody reads any more."""
+
+    def send_nowait(self, item: dict[str, Any], /) -> None: ...
+
+    def close(self) -> None: ...
+
 
 Message = dict[str, Any]
 RequestId = str | int
@@ -179,7 +192,7 @@ class Channel:
         self,
         backend: Backend,
         cid: int,
-        sink: MemoryObjectSendStream[Message],
+        sink: Sink,
         on_overflow: Callable[[str], None] | None = None,
     ) -> None:
         self.backend = backend
@@ -256,6 +269,9 @@ class Backend:
         self._send_stream = send_stream
         self._receive_stream = receive_stream
         self._write_lock = anyio.Lock(fast_acquire=True)  # no loop turn when nobody else writes
+        # An FdSendStream takes each message whole (buffering what the pipe does not take yet), so concurrent
+        # writers cannot interleave their bytes and need no lock.
+        self._atomic_sends = isinstance(send_stream, FdSendStream)
         self._client_info = dict(client_info or {"name": "mcpshare", "version": "0"})
         self._roots = roots or (lambda: [])
         self._max_line_bytes = max_line_bytes
@@ -368,9 +384,7 @@ class Backend:
 
     # ------------------------------------------------------------------ sessions
 
-    def attach(
-        self, sink: MemoryObjectSendStream[Message], *, on_overflow: Callable[[str], None] | None = None
-    ) -> Channel:
+    def attach(self, sink: Sink, *, on_overflow: Callable[[str], None] | None = None) -> Channel:
         """A new virtual session whose server-to-client messages go into ``sink``.
 
         ``on_overflow`` is called (after the session was detached) when ``sink`` is full for a message that may
@@ -885,12 +899,15 @@ class Backend:
         if self.error is not None:
             raise self.error
         data = encode(message)
-        async with self._write_lock:
-            try:
+        try:
+            if self._atomic_sends:
                 await self._send_stream.send(data)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                self.fail(f"stopped reading its stdin ({exc.__class__.__name__})")
-                raise BackendError(str(self.error)) from exc
+            else:
+                async with self._write_lock:
+                    await self._send_stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            self.fail(f"stopped reading its stdin ({exc.__class__.__name__})")
+            raise BackendError(str(self.error)) from exc
 
     # Writes that must happen from synchronous routing code (answers to server requests, cancels on detach) are
     # queued here and flushed by the writer task that :meth:`serve` runs.

@@ -17,7 +17,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -134,6 +134,30 @@ class _Entry:
         return bool(self.leases) or self.waiters > 0
 
 
+class _Inbox:
+    """A lease's sink: its bounded memory stream, or, once :meth:`Lease.tap` installed one, a synchronous writer."""
+
+    __slots__ = ("on_close", "stream", "writer")
+
+    def __init__(self, stream: MemoryObjectSendStream[Message]) -> None:
+        self.stream = stream
+        self.writer: Callable[[Message], None] | None = None
+        self.on_close: Callable[[], None] | None = None
+
+    def send_nowait(self, item: Message, /) -> None:
+        writer = self.writer
+        if writer is None:
+            self.stream.send_nowait(item)
+        else:
+            writer(item)
+
+    def close(self) -> None:
+        self.stream.close()
+        on_close, self.on_close, self.writer = self.on_close, None, None
+        if on_close is not None:
+            on_close()
+
+
 class Lease:
     """One user's hold on a shared backend: a stable virtual session endpoint.
 
@@ -158,9 +182,9 @@ class Lease:
         self.workspace = workspace
         self.environ = environ
         self.sandbox = sandbox
-        self._sink: MemoryObjectSendStream[Message]
         self.receive: MemoryObjectReceiveStream[Message]
-        self._sink, self.receive = anyio.create_memory_object_stream[Message](queue_size)
+        stream, self.receive = anyio.create_memory_object_stream[Message](queue_size)
+        self._sink = _Inbox(stream)
         self._entry: _Entry | None = None
         self.channel: Channel | None = None
         self.released = False
@@ -207,6 +231,28 @@ class Lease:
                     return
                 raise
         await channel.send(message)
+
+    def tap(self, writer: Callable[[Message], None], on_end: Callable[[], None]) -> None:
+        """From now on, hand each message for this session to ``writer`` at once instead of queueing it.
+
+        For a consumer that can take a message without waiting (the broker writing to a client's pipe, which
+        buffers): it saves a task switch per message. ``writer`` must not block; it raises :class:`anyio.WouldBlock`
+        when its own buffer is full (the usual overflow rules then apply: droppable notifications are dropped,
+        anything else ends the session) and :class:`anyio.BrokenResourceError` when its reader is gone.
+        Messages already queued go to ``writer`` first; ``on_end`` is called once the lease ends (released, session
+        overflow, pool closing), or at once if it already has.
+        """
+        while True:
+            try:
+                message = self.receive.receive_nowait()
+            except anyio.WouldBlock:
+                break
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                on_end()
+                return
+            writer(message)
+        self._sink.writer = writer
+        self._sink.on_close = on_end
 
     def deliver(self, message: Message) -> None:
         """Put a message in this lease's inbox without blocking (used for locally made answers)."""
