@@ -1,8 +1,9 @@
 """Broker + shim (``mcpshare serve`` / ``mcpshare connect``) vs one process per agent.
 
 Separate agent processes share servers through a broker: each agent's MCP config runs the stdio shim
-``mcpshare connect NAME -- COMMAND ...`` (what ``mcpshare wrap`` writes) instead of the server; the shim relays to the
-broker, which runs one process per server config. Skipped cleanly while ``mcpshare.broker`` does not import.
+``mcpshare connect NAME -- COMMAND ...`` (what ``mcpshare wrap`` writes) instead of the server; the shim hands its
+stdio to the broker, which runs one process per server config. Skipped cleanly while ``mcpshare.broker`` does not
+import.
 
 The section starts a broker in the foreground in a private ``MCPSHARE_RUNTIME_DIR`` (with an empty config file, so
 the user's own configs are never read), marked like every other process of the run, then measures:
