@@ -109,7 +109,7 @@ class FdSendStream(anyio.abc.ByteSendStream):
 
     @property
     def buffered(self) -> int:
-        """Bytes accepted by :meth:`send` and not yet written to the descriptor."""
+        """Bytes accepted by :meth:`send` or :meth:`send_nowait` and not yet written to the descriptor."""
         return len(self._buffer)
 
     def send_nowait(self, item: bytes, limit: int) -> None:
@@ -165,9 +165,12 @@ class FdSendStream(anyio.abc.ByteSendStream):
         if not self._buffer:
             assert self._loop is not None
             self._loop.remove_writer(self.fd)
-        if (len(self._buffer) <= HIGH_WATER or self._error is not None) and self._drained is not None:
-            if not self._drained.done():
-                self._drained.set_result(None)
+        if len(self._buffer) <= HIGH_WATER or self._error is not None:
+            self._wake_senders()
+
+    def _wake_senders(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     async def aclose(self) -> None:
         """Close at once; bytes still buffered are dropped (the reader is not reading, or is being stopped)."""
@@ -177,6 +180,5 @@ class FdSendStream(anyio.abc.ByteSendStream):
         if self._buffer and self._loop is not None:
             self._loop.remove_writer(self.fd)
         self._buffer.clear()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        self._wake_senders()
         os.close(self.fd)

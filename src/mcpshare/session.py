@@ -28,17 +28,30 @@ class SessionInUse(RuntimeError):
     """A lease carries one ClientSession at a time."""
 
 
-class _LeaseReader:
+class _LeaseStream:
+    """What both adapters share: the lease, and closing (which only stops this adapter, never the lease)."""
+
+    def __init__(self, lease: Lease) -> None:
+        self._lease = lease
+        self._closed = False
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class _LeaseReader(_LeaseStream):
     """The session's read stream: the lease's inbox, parsed into SDK messages as they are taken.
 
     Converting in place, instead of pumping through a second stream with a task of its own, saves a task
     switch and a queue per message: the pooled path then costs the host about what a direct session costs.
     Closing it leaves the lease's inbox open (a lease may carry another session later).
     """
-
-    def __init__(self, lease: Lease) -> None:
-        self._lease = lease
-        self._closed = False
 
     async def receive(self) -> SessionMessage | Exception:
         while True:
@@ -59,36 +72,14 @@ class _LeaseReader:
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise StopAsyncIteration from None
 
-    async def aclose(self) -> None:
-        self._closed = True
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-
-class _LeaseWriter:
+class _LeaseWriter(_LeaseStream):
     """The session's write stream: each SDK message goes to the lease as a wire dict, in the caller's task."""
-
-    def __init__(self, lease: Lease) -> None:
-        self._lease = lease
-        self._closed = False
 
     async def send(self, item: SessionMessage, /) -> None:
         if self._closed:
             raise anyio.ClosedResourceError
         await self._lease.send(item.message.model_dump(by_alias=True, mode="json", exclude_none=True))
-
-    async def aclose(self) -> None:
-        self._closed = True
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 @asynccontextmanager
