@@ -56,6 +56,8 @@ ENV_EXIT_IDLE = "MCPSHARE_BROKER_EXIT_IDLE"
 """Seconds an autostarted broker with no client and no server waits before exiting (0: never)."""
 AUTOSTART_EXIT_IDLE = 600.0
 HELLO_TIMEOUT = 10.0
+CLIENT_BUFFER_LIMIT = 8 * 1024 * 1024
+"""Bytes the broker keeps for a client that does not read its stdout; beyond, its session ends (queue overflow)."""
 PARSE_ERROR = -32700
 
 
@@ -293,7 +295,7 @@ class Broker:
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(watch_shim)
-                ended = await relay(client_out, client_in, lease)
+                ended = await relay_to_pipe(client_out, client_in, lease)
                 tg.cancel_scope.cancel()
             ending = {"end": "eof"} if ended is None else {"end": "error", "error": ended}
         finally:
@@ -405,13 +407,49 @@ async def relay(stream: anyio.abc.ByteSendStream, buffered: BufferedByteReceiveS
             try:
                 async for message in lease.receive:
                     await stream.send(encode(message))
-                # The lease ended under us: this session overflowed, or the pool is closing.
-                ended = f"the broker ended this session: {lease.broken or 'the broker is stopping'}"
+                ended = _why_ended(lease)  # the lease ended under us
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 pass  # the client is gone
             tg.cancel_scope.cancel()
 
         tg.start_soon(to_client)
+        await _from_client(buffered, lease)
+        tg.cancel_scope.cancel()
+    return ended
+
+
+def _why_ended(lease: Lease) -> str:
+    """What to tell a client whose lease ended under it: its session overflowed, or the pool is closing."""
+    return f"the broker ended this session: {lease.broken or 'the broker is stopping'}"
+
+
+async def relay_to_pipe(client_out: FdSendStream, buffered: BufferedByteReceiveStream, lease: Lease) -> str | None:
+    """:func:`relay` for a client whose stdout we hold: each message is written the moment the server's reader
+    routes it (:meth:`Lease.tap`), with no task in between. Returns as :func:`relay` does."""
+    ended: str | None = None
+    over = anyio.Event()
+
+    def write(message: dict[str, Any]) -> None:
+        try:
+            client_out.send_nowait(encode(message), CLIENT_BUFFER_LIMIT)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            over.set()  # the client closed its stdout: it is going away
+            raise
+
+    def lease_ended() -> None:
+        nonlocal ended
+        if not over.is_set():
+            ended = _why_ended(lease)
+            over.set()
+
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await over.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        lease.tap(write, lease_ended)
         await _from_client(buffered, lease)
         tg.cancel_scope.cancel()
     return ended
