@@ -462,7 +462,10 @@ class RawShim:
         self.proc.wait(timeout=10)
         for stream in (self.stdin, self.stdout, self.proc.stderr):
             if stream is not None:
-                stream.close()
+                try:
+                    stream.close()
+                except BrokenPipeError:
+                    pass  # our last requests were never read: the shim is gone
 
 
 async def test_the_shim_hands_its_stdio_to_the_broker(broker_env: BrokerEnv, marker: str) -> None:
@@ -514,6 +517,67 @@ async def test_a_killed_shim_ends_its_session(broker_env: BrokerEnv, marker: str
             assert await anyio.to_thread.run_sync(shim.stdout.read) == b""
             await wait_no_connections(broker_env)
         await wait_for_servers(marker, 0, timeout=5)
+    finally:
+        shim.close()
+
+
+async def test_a_client_that_stops_reading_loses_only_its_own_session(
+    broker_env: BrokerEnv, shim_env: dict[str, str], marker: str
+) -> None:
+    """A client that keeps asking but never reads its stdout cannot grow the broker without bound: once its unread
+    answers pass the broker's limit (8 MB of bytes for a handed-over pipe, the lease's queue in relay mode) its
+    session ends. What it does read afterwards is whole lines, each answer once; its shim exits 1 naming the
+    overflow (or the lost session); another client of the same server process is served throughout, and no server
+    restarts."""
+    argv = broker_env.shim("test", "--", *server_argv(marker=marker))
+    env = {**os.environ, **shim_env}  # one environment for both clients: one server key
+    shim = RawShim(argv, env, broker_env.root)
+    text = "x" * 8192
+    calls = 2500  # ~20 MB of answers: past both limits
+    writer_done = anyio.Event()
+
+    def write_requests() -> None:
+        try:
+            for index in range(calls):
+                call = {"name": "echo", "arguments": {"text": text}}
+                shim.stdin.write(
+                    runtime.encode_line({"jsonrpc": "2.0", "id": 10 + index, "method": "tools/call", "params": call})
+                )
+            shim.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass  # the session ended and nobody reads our requests any more
+
+    try:
+        with anyio.fail_after(50):
+            assert "result" in await anyio.to_thread.run_sync(shim.ask, INITIALIZE)
+            async with sdk_session(argv, env=env, cwd=broker_env.root) as bystander:
+                server = (await wait_for_servers(marker, 1))[0]
+                async with anyio.create_task_group() as tg:
+
+                    async def write() -> None:
+                        await anyio.to_thread.run_sync(write_requests, abandon_on_cancel=True)
+                        writer_done.set()
+
+                    tg.start_soon(write)
+                    status = control("status", broker_env)
+                    while status is None or [s["clients"] for s in status["servers"]] != [1]:
+                        assert tool_text(await bystander.call_tool("echo", {"text": "still here"})) == "still here"
+                        status = control("status", broker_env)
+                    # Now read what the slow client was sent before its session ended: then the end of stdout.
+                    lines = (await anyio.to_thread.run_sync(shim.stdout.read)).splitlines()
+                    await writer_done.wait()
+                ids = [
+                    json.loads(line)["id"] for line in lines
+                ]  # whole lines only (the server may answer out of order)
+                assert len(set(ids)) == len(ids) < calls and set(ids) <= set(range(10, 10 + calls))
+                assert await anyio.to_thread.run_sync(shim.proc.wait, 10) == 1
+                assert shim.proc.stderr is not None
+                error = shim.proc.stderr.read().decode()
+                assert "lost the connection" in error
+                if "MCPSHARE_PASS_STDIO" not in shim_env:  # a shim that handed its stdio over is told why
+                    assert "queue overflow" in error
+                assert tool_text(await bystander.call_tool("echo", {"text": "after"})) == "after"
+                assert [p.pid for p in marked_servers(marker)] == [server.pid]
     finally:
         shim.close()
 

@@ -98,3 +98,45 @@ async def test_closing_a_stream_wakes_its_waiting_reader() -> None:
             await reader.aclose()
     assert outcome == [anyio.ClosedResourceError]
     os.close(w)
+
+
+async def test_closing_between_items_finishes_the_begun_one_and_drops_the_rest() -> None:
+    """The reader has the first bytes of one item (a JSON-RPC line): closing lets it read the rest of that item,
+    then the end; items it has not begun are dropped. Several items pass through the buffer first, so the
+    bookkeeping of where each one ends is exercised, and a cancelled caller still gets a whole item out."""
+    r, w = os.pipe()
+    reader, writer = FdReceiveStream(r), FdSendStream(w)
+    first = [bytes([ord("a") + i]) * (PIPE_CAPACITY // 3) + b"\n" for i in range(4)]
+    for item in first:
+        writer.send_nowait(item, limit=10 * PIPE_CAPACITY)
+    begun = b"m" * (3 * PIPE_CAPACITY) + b"\n"
+    writer.send_nowait(begun, limit=10 * PIPE_CAPACITY)
+    writer.send_nowait(b"dropped\n", limit=10 * PIPE_CAPACITY)
+    with anyio.fail_after(10):
+        received = bytearray()
+        while len(received) < sum(map(len, first)) + 10:  # into ``begun``: the reader has its first bytes
+            received += await reader.receive()
+
+        async def read_rest() -> None:
+            received.extend(await read_all(reader))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read_rest)  # reads while the close waits for the rest of ``begun``, then sees the end
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await writer.aclose_between_items(timeout=5)
+    assert bytes(received) == b"".join(first) + begun
+    with pytest.raises(anyio.ClosedResourceError):
+        writer.send_nowait(b"late\n", limit=PIPE_CAPACITY)
+    await reader.aclose()
+
+
+async def test_closing_between_items_gives_up_on_a_reader_that_takes_nothing() -> None:
+    r, w = os.pipe()
+    writer = FdSendStream(w)
+    writer.send_nowait(b"x" * (2 * PIPE_CAPACITY), limit=PIPE_CAPACITY)  # begun: the pipe took its first 64 KB
+    with anyio.fail_after(5):
+        await writer.aclose_between_items(timeout=0.2)
+    with pytest.raises(OSError):
+        os.fstat(w)  # the descriptor is closed
+    os.close(r)

@@ -58,6 +58,8 @@ AUTOSTART_EXIT_IDLE = 600.0
 HELLO_TIMEOUT = 10.0
 CLIENT_BUFFER_LIMIT = 8 * 1024 * 1024
 """Bytes the broker keeps for a client that does not read its stdout; beyond, its session ends (queue overflow)."""
+CLIENT_LINE_LINGER = 2.0
+"""Seconds an ending session still waits for its client to take the rest of a line it has begun to read."""
 PARSE_ERROR = -32700
 
 
@@ -300,8 +302,8 @@ class Broker:
             ending = {"end": "eof"} if ended is None else {"end": "error", "error": ended}
         finally:
             with anyio.CancelScope(shield=True):
-                await client_out.aclose()
                 await client_in.aclose()
+                await client_out.aclose_between_items(CLIENT_LINE_LINGER)
                 await _answer(stream, ending)
 
     # ------------------------------------------------------------------ control

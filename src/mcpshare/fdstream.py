@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 
 import anyio
 import anyio.abc
@@ -104,6 +105,8 @@ class FdSendStream(anyio.abc.ByteSendStream):
         self._closed = False
         self._error: OSError | None = None
         self._buffer = bytearray()
+        self._sizes: deque[int] = deque()  # what each buffered item still has in the buffer, oldest first
+        self._begun = False  # the oldest buffered item is partly written: the reader has its first bytes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drained: asyncio.Future[None] | None = None
 
@@ -150,7 +153,9 @@ class FdSendStream(anyio.abc.ByteSendStream):
             loop = self._loop = self._loop or asyncio.get_running_loop()
             loop.add_writer(self.fd, self._on_writable)
             item = memoryview(item)[written:]
+            self._begun = written > 0
         self._buffer += item
+        self._sizes.append(len(item))
 
     def _on_writable(self) -> None:
         try:
@@ -160,8 +165,16 @@ class FdSendStream(anyio.abc.ByteSendStream):
         except OSError as exc:
             self._error = exc
             self._buffer.clear()
+            self._sizes.clear()
             written = 0
         del self._buffer[:written]
+        sizes = self._sizes
+        while written and written >= sizes[0]:
+            written -= sizes.popleft()
+            self._begun = False
+        if written:
+            sizes[0] -= written
+            self._begun = True
         if not self._buffer:
             assert self._loop is not None
             self._loop.remove_writer(self.fd)
@@ -174,11 +187,33 @@ class FdSendStream(anyio.abc.ByteSendStream):
 
     async def aclose(self) -> None:
         """Close at once; bytes still buffered are dropped (the reader is not reading, or is being stopped)."""
-        if self._closed:
-            return
-        self._closed = True
+        if not self._closed:
+            self._closed = True
+            self._close_now()
+
+    def _close_now(self) -> None:
         if self._buffer and self._loop is not None:
             self._loop.remove_writer(self.fd)
         self._buffer.clear()
+        self._sizes.clear()
         self._wake_senders()
         os.close(self.fd)
+
+    async def aclose_between_items(self, timeout: float) -> None:
+        """Close without cutting an item in two: buffered items not yet begun are dropped, but the rest of one whose
+        first bytes the reader already has is still written, for at most ``timeout`` seconds (a reader that takes
+        nothing in that time sees it cut). Safe to await from a cancelled scope; new sends are refused at once."""
+        if self._closed:
+            return
+        self._closed = True  # no new sends
+        if self._begun and self._error is None:
+            del self._buffer[self._sizes[0] :]
+            while len(self._sizes) > 1:
+                self._sizes.pop()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+                while self._buffer and self._error is None:
+                    loop = self._loop or asyncio.get_running_loop()
+                    if self._drained is None or self._drained.done():
+                        self._drained = loop.create_future()
+                    await asyncio.shield(self._drained)
+        self._close_now()
