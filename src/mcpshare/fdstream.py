@@ -39,15 +39,19 @@ class FdReceiveStream(anyio.abc.ByteReceiveStream):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._registered = False
         self._waiter: asyncio.Future[None] | None = None
+        # The last read took all there was (it returned less than asked): the next one would most likely fail with
+        # EAGAIN, so wait for readiness first and save that system call.
+        self._emptied = False
 
     def _on_readable(self) -> None:
         waiter = self._waiter
         if waiter is None:
             # Nobody is waiting (the reader is busy elsewhere): stop watching, or a readable descriptor would make
-            # the loop call us on every turn. The next wait registers again.
+            # the loop call us on every turn. The next receive reads at once.
             assert self._loop is not None
             self._loop.remove_reader(self.fd)
             self._registered = False
+            self._emptied = False
         elif not waiter.done():
             waiter.set_result(None)
 
@@ -56,14 +60,19 @@ class FdReceiveStream(anyio.abc.ByteReceiveStream):
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
+            if self._emptied:
+                # Readiness is level-triggered: registering while data is already there wakes us on the next turn.
+                await self._wait()
+                waited = True
+                self._emptied = False
             try:
                 data = os.read(self.fd, max_bytes)
             except BlockingIOError:
-                await self._wait()
-                waited = True
+                self._emptied = True
                 continue
             except OSError as exc:
                 raise anyio.BrokenResourceError from exc
+            self._emptied = len(data) < max_bytes
             if not waited:
                 # Data was there without waiting: still let other tasks run, so a peer that writes without pause
                 # cannot starve the event loop.
