@@ -7,17 +7,21 @@ and tokens collide: these tests would see each other's answers.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import anyio
 import mcp_types as types
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mcp.client.session import ClientRequestContext
 from mcp.shared.exceptions import MCPError
 
 from helpers import TESTSERVER, Recorder, count_server_processes, tool_json, tool_text
 from mcpshare.config import StdioServerConfig
+from mcpshare.mux import decode, encode
 from mcpshare.pool import BackendPool
 from mcpshare.session import open_session
 
@@ -254,3 +258,28 @@ async def test_each_session_gets_logs_at_its_own_level(marker: str, tmp_workspac
             await anyio.sleep(0.2)
             assert [p.data for p in logs_a.items] == ["detail", "broken"]
             assert [p.data for p in logs_b.items] == ["broken"]
+
+
+# --------------------------------------------------------------------------- the wire codec
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(codec=None)),  # lone surrogates included
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(JSON_VALUES)
+@settings(max_examples=300)
+def test_the_wire_codec_agrees_with_json(value: object) -> None:
+    """mux.encode/decode (orjson, with json for what orjson refuses or would change) give exactly what json gives:
+    the same values of the same types, big integers and lone surrogates included, each frame on one line."""
+    frame = encode({"value": value})
+    assert frame.endswith(b"\n") and frame.count(b"\n") == 1
+    assert repr(json.loads(frame)) == repr({"value": value})
+    as_json = json.dumps({"value": value}).encode()
+    assert repr(decode(as_json)) == repr(json.loads(as_json))

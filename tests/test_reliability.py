@@ -258,6 +258,31 @@ async def test_bad_output_has_defined_outcomes_and_others_keep_working(marker: s
         await b.lease.release()
 
 
+async def test_values_beyond_the_fast_json_codec_pass_through_intact(marker: str) -> None:
+    """The mux decodes and re-encodes every message with orjson, falling back to json for what orjson refuses:
+    integers beyond 64 bits and escaped lone surrogates reach the server and come back unchanged, and so do text
+    that is not ASCII and line separators inside strings (a frame stays one line)."""
+    values = [
+        2**100 + 1,
+        2**64,
+        -(2**63) - 1,
+        2**64 - 1,
+        "\ud800 alone",
+        "snow \u2603 and \U0001f600",
+        "two\nlines\u2028and\u2029more",
+        0.1,
+    ]
+    async with BackendPool(idle_grace=0) as pool:
+        client = RawClient(await pool.acquire(raw_server(marker)))
+        await client.initialize()
+        for value in values:
+            answer = await client.call("echo_value", value=value)
+            assert answer["result"]["structuredContent"] == {"value": value}
+            assert type(answer["result"]["structuredContent"]["value"]) is type(value)
+            assert text_of(answer) == repr(value)  # what the server itself read
+        await client.lease.release()
+
+
 async def test_oversized_line_fails_the_backend_clearly_then_restarts(marker: str) -> None:
     async with BackendPool(idle_grace=0, max_line_bytes=1024 * 1024) as pool:
         client = RawClient(await pool.acquire(raw_server(marker)))

@@ -22,7 +22,6 @@ clients share processes.
 
 from __future__ import annotations
 
-import json
 import logging
 import logging.handlers
 import os
@@ -44,7 +43,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from mcpshare import __version__, runtime
 from mcpshare.fdstream import FdReceiveStream, FdSendStream
 from mcpshare.http_front import HttpFront, bind_http
-from mcpshare.mux import DEFAULT_MAX_LINE_BYTES, encode, error_response
+from mcpshare.mux import DEFAULT_MAX_LINE_BYTES, decode, encode, error_response
 from mcpshare.pool import DEFAULT_IDLE_GRACE, BackendPool, Lease
 from mcpshare.sources import ConfigSource, HelloError, server_config
 
@@ -480,7 +479,7 @@ async def _from_client(buffered: BufferedByteReceiveStream, lease: Lease) -> Non
 async def _forward(line: bytes, lease: Lease) -> bool:
     """Send one client line into the lease; False when the session is over."""
     try:
-        message = json.loads(line)
+        message = decode(line)
     except ValueError:
         lease.deliver(error_response(None, PARSE_ERROR, "Parse error: the line is not valid JSON"))
         return True

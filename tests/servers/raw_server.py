@@ -4,6 +4,7 @@ The SDK never lets a server send malformed frames, so the mux's handling of bad 
 this script instead. It speaks the 2025-11-25 handshake and offers tools that each break one rule:
 
     echo(text)                 a normal answer
+    echo_value(value)          answers with ``value`` as its structured content, as Python's json reads and writes it
     sleep(seconds)             answers after a delay (requests are handled one at a time, like a naive server)
     garbage(text)              a non-JSON line, then the answer
     bad_utf8(text)             a line of invalid UTF-8, then the answer
@@ -29,6 +30,7 @@ from typing import Any
 
 TOOLS = [
     "echo",
+    "echo_value",
     "sleep",
     "garbage",
     "bad_utf8",
@@ -69,6 +71,9 @@ def call_tool(request_id: Any, name: str, args: dict[str, Any]) -> None:
     text = str(args.get("text", ""))
     if name == "echo":
         send(text_result(request_id, text))
+    elif name == "echo_value":
+        result = {"content": [{"type": "text", "text": repr(args.get("value"))}], "structuredContent": args}
+        send({"jsonrpc": "2.0", "id": request_id, "result": result})
     elif name == "sleep":
         time.sleep(float(args.get("seconds", 1)))
         send(text_result(request_id, "slept"))
