@@ -3,6 +3,7 @@ backpressure, the non-blocking send's limit, EOF, a closed reader, and closing w
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import anyio
@@ -140,3 +141,29 @@ async def test_closing_between_items_gives_up_on_a_reader_that_takes_nothing() -
     with pytest.raises(OSError):
         os.fstat(w)  # the descriptor is closed
     os.close(r)
+
+
+async def test_bytes_read_for_a_cancelled_receive_go_to_the_next_one() -> None:
+    """The readiness callback reads for a waiting receive; if that receive is cancelled before it runs again, the
+    bytes are not lost: the next receive returns them. Later reads, short reads and EOF behave as usual.
+
+    (anyio does not cancel a task whose awaited future is already done, so there the receive simply returns; a
+    plain asyncio cancel does throw into it, which is what this test does.)"""
+    r, w = os.pipe()
+    reader = FdReceiveStream(r)
+    with anyio.fail_after(5):
+        pending = asyncio.ensure_future(reader.receive())
+        await anyio.sleep(0.05)  # it waits: nothing to read yet
+        os.write(w, b"first line\n")
+        reader._on_readable()  # what the loop runs when it sees the pipe readable: it reads for the waiter
+        pending.cancel()  # ...and the receive is cancelled before it could return them
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        assert await reader.receive() == b"first line\n"
+        os.write(w, b"abcdef")
+        assert await reader.receive(4) == b"abcd"  # a smaller request keeps the rest
+        assert await reader.receive() == b"ef"
+        os.close(w)
+        with pytest.raises(anyio.EndOfStream):
+            await reader.receive()
+    await reader.aclose()

@@ -30,7 +30,12 @@ HIGH_WATER = 65536
 
 
 class FdReceiveStream(anyio.abc.ByteReceiveStream):
-    """Reads from a non-blocking descriptor; EOF is :class:`anyio.EndOfStream`."""
+    """Reads from a non-blocking descriptor; EOF is :class:`anyio.EndOfStream`.
+
+    A waiting reader's bytes are read by the loop's readiness callback itself, the way asyncio's transports read:
+    the descriptor is drained in the same loop turn that reported it, so the next poll does not report it again
+    (a stale report would wake the reader for a read that fails with EAGAIN).
+    """
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
@@ -38,7 +43,8 @@ class FdReceiveStream(anyio.abc.ByteReceiveStream):
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._registered = False
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bytes] | None = None
+        self._left = b""  # read but not yet returned (a receive asked for less, or was cancelled)
         # The last read took all there was (it returned less than asked): the next one would most likely fail with
         # EAGAIN, so wait for readiness first and save that system call.
         self._emptied = False
@@ -52,36 +58,52 @@ class FdReceiveStream(anyio.abc.ByteReceiveStream):
             self._loop.remove_reader(self.fd)
             self._registered = False
             self._emptied = False
-        elif not waiter.done():
-            waiter.set_result(None)
+            return
+        if waiter.done():
+            return
+        try:
+            data = os.read(self.fd, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            error = anyio.BrokenResourceError()
+            error.__cause__ = exc
+            waiter.set_exception(error)
+            return
+        waiter.set_result(data)
 
     async def receive(self, max_bytes: int = CHUNK) -> bytes:
-        waited = False
-        while True:
-            if self._closed:
-                raise anyio.ClosedResourceError
-            if self._emptied:
-                # Readiness is level-triggered: registering while data is already there wakes us on the next turn.
-                await self._wait()
-                waited = True
-                self._emptied = False
+        if self._closed:
+            raise anyio.ClosedResourceError
+        data = self._left
+        if data:
+            self._left = b""
+        elif self._emptied:
+            # Readiness is level-triggered: registering while data is already there wakes us on the next turn.
+            data = await self._wait()
+        else:
             try:
                 data = os.read(self.fd, max_bytes)
             except BlockingIOError:
-                self._emptied = True
-                continue
+                data = await self._wait()
             except OSError as exc:
                 raise anyio.BrokenResourceError from exc
-            self._emptied = len(data) < max_bytes
-            if not waited:
+            else:
                 # Data was there without waiting: still let other tasks run, so a peer that writes without pause
-                # cannot starve the event loop.
-                await asyncio.sleep(0)
-            if not data:
-                raise anyio.EndOfStream
-            return data
+                # cannot starve the event loop. (Bytes read are kept if we are cancelled here.)
+                try:
+                    await asyncio.sleep(0)
+                except BaseException:
+                    self._left = data
+                    raise
+        if not data:
+            raise anyio.EndOfStream
+        if len(data) > max_bytes:
+            data, self._left = data[:max_bytes], data[max_bytes:]
+        self._emptied = not self._left and len(data) < max_bytes
+        return data
 
-    async def _wait(self) -> None:
+    async def _wait(self) -> bytes:
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         waiter = self._waiter = loop.create_future()
@@ -89,7 +111,12 @@ class FdReceiveStream(anyio.abc.ByteReceiveStream):
             loop.add_reader(self.fd, self._on_readable)
             self._registered = True
         try:
-            await waiter
+            return await waiter
+        except BaseException:
+            # Cancelled after the callback had read for us: keep those bytes for the next receive.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._left = waiter.result()
+            raise
         finally:
             self._waiter = None
 
