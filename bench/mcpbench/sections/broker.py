@@ -24,12 +24,14 @@ import logging
 import os
 import subprocess
 import sys
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import psutil
 from anyio.abc import Process
+from mcp import ClientSession
 
 from mcpbench.clients import checked_call, direct_session, run_concurrent, run_sequential
 from mcpbench.core import BenchContext, Row, median, paired_ratio, ratio, rotate, section, summary
@@ -44,6 +46,7 @@ BROKER_STOP_TIMEOUT = 15.0
 SHIM_BUDGET_MB = 15.0
 SHIM_MATCH = "mcpshare connect"
 RUNTIME_VAR = "MCPSHARE_RUNTIME_DIR"
+RELAY = Path(__file__).resolve().parent.parent / "relay.py"
 
 
 def broker_argv(runtime_dir: Path, config: Path) -> list[str]:
@@ -123,27 +126,45 @@ def _log_tail(runtime_dir: Path, lines: int = 5) -> str:
         return "(no log)"
 
 
+def relay_spec(server: ServerSpec) -> ServerSpec:
+    """``server`` behind a bare byte relay process (the floor of any design with a process in the middle)."""
+    return ServerSpec(
+        name=server.name,
+        argv=(sys.executable, str(RELAY), *server.argv),
+        env=server.env,
+        match=RELAY.name,
+        echo_tool=server.echo_tool,
+        echo_args=server.echo_args,
+    )
+
+
 async def shim_throughput(ctx: BenchContext, spec: ServerSpec, shim: ServerSpec) -> dict[str, list[float]]:
-    """Echo calls/s through a shim vs a direct session, interleaved rounds (both sessions open throughout)."""
+    """Echo calls/s through a shim, through a bare relay and direct: interleaved rounds, all sessions open."""
     profile = ctx.profile
     tracker = ctx.tracker
-    rates: dict[str, list[float]] = {"seq:direct": [], "seq:shim": [], "conc:direct": [], "conc:shim": []}
-    direct_env = tracker.env(tracker.scenario("broker-tp-direct"))
-    shim_env = tracker.env(tracker.scenario("broker-tp-shim"))
+    variants = ("direct", "shim", "relay")
+    rates: dict[str, list[float]] = {f"{kind}:{v}": [] for kind in ("seq", "conc") for v in variants}
+
+    def session(server: ServerSpec, variant: str) -> AbstractAsyncContextManager[ClientSession]:
+        env = tracker.env(tracker.scenario(f"broker-tp-{variant}"))
+        return direct_session(server, env, errlog=ctx.errlog, cwd=ctx.workspace)
+
     async with (
-        direct_session(spec, direct_env, errlog=ctx.errlog, cwd=ctx.workspace) as direct,
-        direct_session(shim, shim_env, errlog=ctx.errlog, cwd=ctx.workspace) as through_shim,
+        session(spec, "direct") as direct,
+        session(shim, "shim") as through_shim,
+        session(relay_spec(spec), "relay") as through_relay,
     ):
         calls = {
             "direct": checked_call(direct, spec.echo_tool, spec.echo_args),
             "shim": checked_call(through_shim, spec.echo_tool, spec.echo_args),
+            "relay": checked_call(through_relay, spec.echo_tool, spec.echo_args),
         }
         with anyio.fail_after(120.0):
             for call in calls.values():
                 await run_sequential(call, 50)
                 await run_concurrent([call], 100, profile.conc_width)
         for round_index in range(profile.rounds):
-            for variant in rotate(["direct", "shim"], round_index):
+            for variant in rotate(variants, round_index):
                 with anyio.fail_after(120.0):
                     elapsed, _ = await run_sequential(calls[variant], profile.seq_calls)
                     rates[f"seq:{variant}"].append(profile.seq_calls / elapsed)
@@ -294,16 +315,22 @@ def _rows(
             )
         )
     for kind, label in (("seq", "sequential"), ("conc", f"{ctx.profile.conc_width}-way concurrent")):
-        rows.append(
-            Row(
-                "broker",
-                f"{label} calls/s via shim, echo @ everything",
-                "calls/s",
-                pooled=median(rates[f"{kind}:shim"]),
-                baseline=median(rates[f"{kind}:direct"]),
-                ratio=paired_ratio(rates[f"{kind}:shim"], rates[f"{kind}:direct"]),
-                ratio_of="shim/direct",
-                params={"rounds": len(rates[f"{kind}:shim"])},
+        for via, against, note in (
+            ("shim", "direct", None),
+            ("relay", "direct", "a bare byte relay process between client and server: the floor of any broker"),
+            ("shim", "relay", "what the broker's own work costs on top of that floor"),
+        ):
+            rows.append(
+                Row(
+                    "broker",
+                    f"{label} calls/s via {via} vs {against}, echo @ everything",
+                    "calls/s",
+                    pooled=median(rates[f"{kind}:{via}"]),
+                    baseline=median(rates[f"{kind}:{against}"]),
+                    ratio=paired_ratio(rates[f"{kind}:{via}"], rates[f"{kind}:{against}"]),
+                    ratio_of=f"{via}/{against}",
+                    params={"rounds": len(rates[f"{kind}:{via}"])},
+                    note=note,
+                )
             )
-        )
     return rows
