@@ -23,6 +23,7 @@ from mcpshare.config import (
     parse_server,
     parse_servers,
 )
+from mcpshare.sources import ConfigSource, HelloError, server_config
 
 DATA = Path(__file__).parent / "data"
 
@@ -109,7 +110,7 @@ def test_toml_without_mcp_servers_is_an_empty_config(tmp_path: Path) -> None:
 
 
 def test_mcp_json_servers() -> None:
-    config = load_mcp_json(DATA / "mcp.json")
+    config = load_mcp_json(DATA / "mcp.json", environ={"TOKEN": "abc"})
 
     everything = config.get("everything")
     assert isinstance(everything, StdioServerConfig)
@@ -117,7 +118,7 @@ def test_mcp_json_servers() -> None:
     assert everything.env == {"API_KEY": "sk-test-123"}
     search = config.get("search")
     assert isinstance(search, HttpServerConfig)
-    assert search.http_headers == {"Authorization": "Bearer literal-${TOKEN}"}  # not expanded
+    assert search.http_headers == {"Authorization": "Bearer literal-abc"}  # ${TOKEN} expanded, as Claude Code does
     assert config.get("legacy").enabled is False  # "disabled": true
     assert list(config.enabled()) == ["everything", "search"]
 
@@ -393,3 +394,57 @@ def test_default_config_paths_lists_existing_files_in_order(tmp_path: Path) -> N
     (home / ".codex" / "config.toml").unlink()
 
     assert default_config_paths(home=home, cwd=cwd) == wanted[1:]
+
+
+# --------------------------------------------------------------------------- ${VAR} in mcpServers JSON
+
+
+def test_env_references_in_mcp_json_expand_like_claude_code(tmp_path: Path) -> None:
+    """``${VAR}``, ``${VAR:-default}`` (default when unset or empty) and Cursor's ``${env:VAR}`` expand in command,
+    args, env, url and headers, from the environment given (the process's own by default); other fields and other
+    text stay as written."""
+    path = tmp_path / ".mcp.json"
+    path.write_text(
+        """{"mcpServers": {
+        "files": {"command": "${TOOLS}/bin/files", "args": ["--root", "${HOME}/work", "${EMPTY:-fallback}", "$HOME"],
+                  "env": {"API_KEY": "${env:KEY}", "MODE": "${MODE:-fast}"}},
+        "remote": {"type": "http", "url": "https://${HOST:-example.com}/mcp",
+                   "headers": {"Authorization": "Bearer ${TOKEN}"}}}}"""
+    )
+    environ = {"TOOLS": "/opt/tools", "HOME": "/home/u", "EMPTY": "", "KEY": "s3cret", "TOKEN": "t0k"}
+    config = load_mcp_json(path, environ=environ)
+    files = config.get("files")
+    assert isinstance(files, StdioServerConfig)
+    assert files.command == "/opt/tools/bin/files"
+    assert files.args == ("--root", "/home/u/work", "fallback", "$HOME")
+    assert dict(files.env) == {"API_KEY": "s3cret", "MODE": "fast"}
+    remote = config.get("remote")
+    assert isinstance(remote, HttpServerConfig)
+    assert remote.url == "https://example.com/mcp"
+    assert dict(remote.http_headers) == {"Authorization": "Bearer t0k"}
+
+
+def test_an_unset_variable_makes_only_its_server_unusable(tmp_path: Path) -> None:
+    """A server that names a variable with no value cannot run as written: asking for it is an error naming the
+    file, server, field and variable (through the broker's lookup too), while the file's other servers stay usable
+    and a later file can still define it."""
+    path = tmp_path / ".mcp.json"
+    path.write_text(
+        '{"mcpServers": {"gh": {"command": "gh-mcp", "env": {"GITHUB_TOKEN": "${GITHUB_TOKEN}"}},'
+        ' "files": {"command": "files-mcp"}}}'
+    )
+    config = load_mcp_json(path, environ={})
+    assert list(config.servers) == ["files"] and list(config.unusable) == ["gh"]
+    with pytest.raises(ConfigError) as caught:
+        config.get("gh")
+    assert (caught.value.file, caught.value.server, caught.value.field) == (str(path), "gh", "env")
+    assert "value of 'GITHUB_TOKEN': environment variable 'GITHUB_TOKEN' is not set" in str(caught.value)
+    with pytest.raises(KeyError, match=r"known servers .*: files, gh"):
+        config.get("g")
+    hello = {"server": "gh", "cwd": str(tmp_path), "config": str(path)}
+    with pytest.raises(HelloError, match="environment variable 'GITHUB_TOKEN' is not set"):
+        server_config(hello, ConfigSource())
+    assert server_config({**hello, "server": "files"}, ConfigSource()).command == "files-mcp"
+    later = McpConfig({"gh": StdioServerConfig(name="gh", command="other-gh")})
+    assert merge(config, later).get("gh").command == "other-gh" and not merge(config, later).unusable
+    assert load_mcp_json(path, environ={"GITHUB_TOKEN": "x"}).get("gh").env["GITHUB_TOKEN"] == "x"

@@ -26,6 +26,7 @@ import difflib
 import json
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -358,10 +359,14 @@ class McpConfig:
 
     servers: Mapping[str, ServerConfig] = field(default_factory=FrozenMapping)
     sources: tuple[str, ...] = ()
+    unusable: Mapping[str, ConfigError] = field(default_factory=FrozenMapping)
+    """Servers a file names but that cannot run as written (a ``${VAR}`` with no value): asking for one raises its
+    error, while the file's other servers stay usable."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "servers", FrozenMapping(self.servers))
         object.__setattr__(self, "sources", tuple(self.sources))
+        object.__setattr__(self, "unusable", FrozenMapping(self.unusable))
         for name, server in self.servers.items():
             if name != server.name:
                 raise ConfigError(f"registered under the name {name!r} but named {server.name!r}", server=name)
@@ -371,11 +376,14 @@ class McpConfig:
         return {name: server for name, server in self.servers.items() if server.enabled}
 
     def get(self, name: str) -> ServerConfig:
-        """The server called ``name``; KeyError naming the known servers, since the usual cause is a typo."""
+        """The server called ``name``; KeyError naming the known servers, since the usual cause is a typo;
+        :class:`ConfigError` if the server is :attr:`unusable`."""
         try:
             return self.servers[name]
         except KeyError:
-            known = ", ".join(sorted(self.servers)) or "none"
+            if name in self.unusable:
+                raise self.unusable[name] from None
+            known = ", ".join(sorted({*self.servers, *self.unusable})) or "none"
             origin = f" (from {', '.join(self.sources)})" if self.sources else ""
             raise KeyError(f"unknown MCP server {name!r}; known servers{origin}: {known}") from None
 
@@ -580,20 +588,31 @@ def load_codex_toml(path: str | os.PathLike[str]) -> McpConfig:
     return parse_servers(servers, source=file)
 
 
-def load_mcp_json(path: str | os.PathLike[str], *, project: str | os.PathLike[str] | None = None) -> McpConfig:
-    """The ``mcpServers`` of a JSON config, with ``project``'s own servers (Claude Code's ``projects``) on top."""
+def load_mcp_json(
+    path: str | os.PathLike[str],
+    *,
+    project: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> McpConfig:
+    """The ``mcpServers`` of a JSON config, with ``project``'s own servers (Claude Code's ``projects``) on top.
+
+    ``${VAR}`` references are expanded as Claude Code does (see :func:`expand_env_references`), from ``environ``
+    (default: this process's environment).
+    """
     file = os.fspath(path)
+    environ = os.environ if environ is None else environ
     data = _parse_json(_read_text(path, encoding="utf-8-sig"), file)
     if not isinstance(data, dict):
         raise ConfigError(f"the top level must be a JSON object, got {_describe(data)}", file=file)
-    config = parse_servers(_servers_table(data, file, "mcpServers"), source=file)
-    if project is None:
-        return config
-    entry = _project_entry(data, project, file)
-    if entry is None:
-        return config
-    overrides = parse_servers(_servers_table(entry[1], file, f"projects.{entry[0]}.mcpServers"), source=file)
-    return McpConfig({**config.servers, **overrides.servers}, (file,))
+    layers = [_servers_table(data, file, "mcpServers")]
+    entry = _project_entry(data, project, file) if project is not None else None
+    if entry is not None:
+        layers.append(_servers_table(entry[1], file, f"projects.{entry[0]}.mcpServers"))
+    configs = []
+    for table in layers:
+        expanded, unusable = _expand_servers(table, file, environ)
+        configs.append(dataclasses.replace(parse_servers(expanded, source=file), unusable=unusable))
+    return merge(*configs) if len(configs) > 1 else configs[0]
 
 
 def _parse_json(text: str, file: str) -> Any:
@@ -646,6 +665,72 @@ def _project_entry(
     return match, entry
 
 
+# ---------------------------------------------------------------------------------------------- ${VAR} in JSON
+
+# Claude Code expands ``${VAR}`` and ``${VAR:-default}`` in these fields of ``.mcp.json`` / ``~/.claude.json``
+# servers before it launches them, so the same file must mean the same command here. ``${env:VAR}`` is Cursor's
+# spelling of ``${VAR}``. The default applies when the variable is unset or empty, as in the shell.
+_ENV_REFERENCE = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_EXPANDED_FIELDS = ("command", "args", "env", "url", "headers", "http_headers")
+
+
+def expand_env_references(text: str, environ: Mapping[str, str]) -> str:
+    """``text`` with every ``${VAR}`` / ``${VAR:-default}`` replaced; a variable with neither value nor default
+    raises :class:`ConfigError` (without a location: the caller adds it)."""
+
+    def value(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = environ.get(name)
+        if found:
+            return found
+        if default is not None:
+            return default
+        if found is not None:
+            return found  # set but empty, and no default: empty, as the shell would
+        raise ConfigError(f"environment variable {name!r} is not set (write ${{{name}:-default}} for a default)")
+
+    return _ENV_REFERENCE.sub(value, text) if "${" in text else text
+
+
+def _expand_servers(
+    table: Mapping[str, Any], file: str, environ: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[str, ConfigError]]:
+    """The servers of an ``mcpServers`` table with their references expanded, and apart, the error of each server
+    that names a variable with no value. Entries of the wrong shape are left as they are, for
+    :func:`parse_server` to report."""
+    expanded: dict[str, Any] = {}
+    unusable: dict[str, ConfigError] = {}
+    for name, entry in table.items():
+        if not isinstance(entry, Mapping):
+            expanded[name] = entry
+            continue
+        entry = dict(entry)
+        for key in _EXPANDED_FIELDS:
+            value = entry.get(key)
+            try:
+                if isinstance(value, str):
+                    entry[key] = expand_env_references(value, environ)
+                elif isinstance(value, list):
+                    entry[key] = [_expand_item(item, f"item {i}", environ) for i, item in enumerate(value)]
+                elif isinstance(value, Mapping):
+                    entry[key] = {k: _expand_item(v, f"value of {k!r}", environ) for k, v in value.items()}
+            except ConfigError as exc:
+                unusable[name] = exc.with_context(file=file, server=str(name), field=key)
+                break
+        else:
+            expanded[name] = entry
+    return expanded, unusable
+
+
+def _expand_item(item: object, where: str, environ: Mapping[str, str]) -> object:
+    if not isinstance(item, str):
+        return item
+    try:
+        return expand_env_references(item, environ)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.reason}") from None
+
+
 def load_config(path: str | os.PathLike[str], *, project: str | os.PathLike[str] | None = None) -> McpConfig:
     """Any supported file, by suffix: ``.toml`` is Codex, ``.json`` is ``mcpServers`` (``project`` is JSON-only)."""
     suffix = Path(path).suffix.lower()
@@ -662,11 +747,17 @@ def load_config(path: str | os.PathLike[str], *, project: str | os.PathLike[str]
 def merge(*configs: McpConfig) -> McpConfig:
     """Configs layered in order: a later server replaces an earlier one of the same name, whole (no field mixing)."""
     servers: dict[str, ServerConfig] = {}
+    unusable: dict[str, ConfigError] = {}
     sources: list[str] = []
     for config in configs:
+        for name in config.servers:
+            unusable.pop(name, None)
+        for name in config.unusable:
+            servers.pop(name, None)
         servers.update(config.servers)
+        unusable.update(config.unusable)
         sources.extend(config.sources)
-    return McpConfig(servers, tuple(sources))
+    return McpConfig(servers, tuple(dict.fromkeys(sources)), unusable)
 
 
 def default_config_paths(*, home: Path, cwd: Path) -> list[Path]:

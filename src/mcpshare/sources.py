@@ -92,8 +92,10 @@ def server_config(hello: Mapping[str, Any], configs: ConfigSource) -> StdioServe
         raise HelloError(str(exc)) from None
     server = config.servers.get(name)
     origin = ", ".join(config.sources) or "no config file found"
+    if server is None and name in config.unusable:
+        raise HelloError(str(config.unusable[name]))
     if server is None:
-        known = ", ".join(sorted(config.servers)) or "none"
+        known = ", ".join(sorted({*config.servers, *config.unusable})) or "none"
         raise HelloError(f"no MCP server named {name!r} in {origin} (known: {known})")
     if not server.enabled:
         raise HelloError(f"MCP server {name!r} is disabled in {origin}")
