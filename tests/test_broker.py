@@ -524,16 +524,16 @@ async def test_a_killed_shim_ends_its_session(broker_env: BrokerEnv, marker: str
 async def test_a_client_that_stops_reading_loses_only_its_own_session(
     broker_env: BrokerEnv, shim_env: dict[str, str], marker: str
 ) -> None:
-    """A client that keeps asking but never reads its stdout cannot grow the broker without bound: once its unread
-    answers pass the broker's limit (8 MB of bytes for a handed-over pipe, the lease's queue in relay mode) its
-    session ends. What it does read afterwards is whole lines, each answer once; its shim exits 1 naming the
-    overflow (or the lost session); another client of the same server process is served throughout, and no server
-    restarts."""
+    """A client that keeps asking but never reads its stdout cannot grow the broker without bound: once its
+    unread answers pass the broker's 8 MB its session ends (in both shim modes; 400 answers are far fewer than a
+    lease queue holds, so only the byte bound can end it). What it does read afterwards is whole lines, each
+    answer once; its shim exits 1 naming the overflow (or the lost session); another client of the same server
+    process is served throughout, and no server restarts."""
     argv = broker_env.shim("test", "--", *server_argv(marker=marker))
     env = {**os.environ, **shim_env}  # one environment for both clients: one server key
     shim = RawShim(argv, env, broker_env.root)
-    text = "x" * 8192
-    calls = 2500  # ~20 MB of answers: past both limits
+    text = "x" * 65536
+    calls = 400  # ~26 MB of answers
     writer_done = anyio.Event()
 
     def write_requests() -> None:
@@ -578,6 +578,8 @@ async def test_a_client_that_stops_reading_loses_only_its_own_session(
                     assert "queue overflow" in error
                 assert tool_text(await bystander.call_tool("echo", {"text": "after"})) == "after"
                 assert [p.pid for p in marked_servers(marker)] == [server.pid]
+                # The byte bound ended it, not the client's EOF (in relay mode the shim cannot tell the two apart).
+                assert "overflowed its queue; disconnecting it" in Path(broker_env.paths.log).read_text()
     finally:
         shim.close()
 

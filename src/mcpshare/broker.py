@@ -398,25 +398,76 @@ async def _answer(stream: anyio.abc.ByteSendStream, message: dict[str, Any]) -> 
 async def relay(stream: anyio.abc.ByteSendStream, buffered: BufferedByteReceiveStream, lease: Lease) -> str | None:
     """Pump JSON-RPC lines client -> lease and lease -> client until either side ends.
 
+    Messages for the client are encoded as the server's reader routes them (:meth:`Lease.tap`) into an
+    :class:`_Outbox`, bounded in bytes like a handed-over pipe; one task sends what has gathered.
     Returns None when the client ended it (EOF, or it stopped reading), else why the broker ended the session.
     """
     ended: str | None = None
+    client_ended = False
+    outbox = _Outbox(CLIENT_BUFFER_LIMIT)
     async with anyio.create_task_group() as tg:
 
         async def to_client() -> None:
             nonlocal ended
             try:
-                async for message in lease.receive:
-                    await stream.send(encode(message))
-                ended = _why_ended(lease)  # the lease ended under us
+                while data := await outbox.take():
+                    await stream.send(data)
+                if not client_ended:
+                    ended = _why_ended(lease)  # the lease ended under us
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 pass  # the client is gone
             tg.cancel_scope.cancel()
 
+        lease.tap(outbox.put, outbox.close)
         tg.start_soon(to_client)
         await _from_client(buffered, lease)
+        # The client's input ended (or the session did): drop what is not on its way yet, but let a send under way
+        # finish (a line the client has begun to read is not cut), for CLIENT_LINE_LINGER at most.
+        client_ended = True
+        if lease.broken is not None:
+            ended = _why_ended(lease)
+        outbox.close(drop=True)
+        await anyio.sleep(CLIENT_LINE_LINGER)
         tg.cancel_scope.cancel()
     return ended
+
+
+class _Outbox:
+    """Encoded messages waiting for one sender, at most ``limit`` bytes (then :class:`anyio.WouldBlock`)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._data = bytearray()
+        self._closed = False
+        self._wakeup: anyio.Event | None = None
+
+    def put(self, message: dict[str, Any]) -> None:
+        data = encode(message)
+        if self._data and len(self._data) + len(data) > self.limit:
+            raise anyio.WouldBlock
+        self._data += data
+        self._wake()
+
+    def close(self, *, drop: bool = False) -> None:
+        """No more messages: :meth:`take` returns what is left (nothing, with ``drop``), then b""."""
+        self._closed = True
+        if drop:
+            self._data.clear()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+
+    async def take(self) -> bytes:
+        """Everything gathered so far, waiting for something; b"" once closed and empty."""
+        while not self._data and not self._closed:
+            self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+        data = bytes(self._data)
+        self._data.clear()
+        return data
 
 
 def _why_ended(lease: Lease) -> str:
