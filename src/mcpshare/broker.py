@@ -395,41 +395,32 @@ async def _answer(stream: anyio.abc.ByteSendStream, message: dict[str, Any]) -> 
     return True
 
 
-async def relay(stream: anyio.abc.ByteSendStream, buffered: BufferedByteReceiveStream, lease: Lease) -> str | None:
+async def relay(stream: anyio.abc.ByteSendStream, buffered: BufferedByteReceiveStream, lease: Lease) -> None:
     """Pump JSON-RPC lines client -> lease and lease -> client until either side ends.
 
     Messages for the client are encoded as the server's reader routes them (:meth:`Lease.tap`) into an
-    :class:`_Outbox`, bounded in bytes like a handed-over pipe; one task sends what has gathered.
-    Returns None when the client ended it (EOF, or it stopped reading), else why the broker ended the session.
+    :class:`_Outbox`, bounded in bytes like a handed-over pipe; one task sends what has gathered. (A relaying shim
+    only sees the socket close, so there is no reason to report.)
     """
-    ended: str | None = None
-    client_ended = False
     outbox = _Outbox(CLIENT_BUFFER_LIMIT)
     async with anyio.create_task_group() as tg:
 
         async def to_client() -> None:
-            nonlocal ended
             try:
                 while data := await outbox.take():
                     await stream.send(data)
-                if not client_ended:
-                    ended = _why_ended(lease)  # the lease ended under us
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 pass  # the client is gone
-            tg.cancel_scope.cancel()
+            tg.cancel_scope.cancel()  # or the lease ended (session overflow, pool closing) and all was sent
 
         lease.tap(outbox.put, outbox.close)
         tg.start_soon(to_client)
         await _from_client(buffered, lease)
         # The client's input ended (or the session did): drop what is not on its way yet, but let a send under way
         # finish (a line the client has begun to read is not cut), for CLIENT_LINE_LINGER at most.
-        client_ended = True
-        if lease.broken is not None:
-            ended = _why_ended(lease)
         outbox.close(drop=True)
         await anyio.sleep(CLIENT_LINE_LINGER)
         tg.cancel_scope.cancel()
-    return ended
 
 
 class _Outbox:
@@ -470,14 +461,10 @@ class _Outbox:
         return data
 
 
-def _why_ended(lease: Lease) -> str:
-    """What to tell a client whose lease ended under it: its session overflowed, or the pool is closing."""
-    return f"the broker ended this session: {lease.broken or 'the broker is stopping'}"
-
-
 async def relay_to_pipe(client_out: FdSendStream, buffered: BufferedByteReceiveStream, lease: Lease) -> str | None:
     """:func:`relay` for a client whose stdout we hold: each message is written the moment the server's reader
-    routes it (:meth:`Lease.tap`), with no task in between. Returns as :func:`relay` does."""
+    routes it (:meth:`Lease.tap`), with no task in between. Returns None when the client ended it (EOF, or it
+    closed its stdout), else why the broker ended the session (for the shim to tell)."""
     ended: str | None = None
     over = anyio.Event()
 
@@ -491,7 +478,8 @@ async def relay_to_pipe(client_out: FdSendStream, buffered: BufferedByteReceiveS
     def lease_ended() -> None:
         nonlocal ended
         if not over.is_set():
-            ended = _why_ended(lease)
+            # The lease ended under us: this session overflowed, or the pool is closing.
+            ended = f"the broker ended this session: {lease.broken or 'the broker is stopping'}"
             over.set()
 
     async with anyio.create_task_group() as tg:

@@ -371,6 +371,11 @@ class McpConfig:
             if name != server.name:
                 raise ConfigError(f"registered under the name {name!r} but named {server.name!r}", server=name)
 
+    @property
+    def names(self) -> list[str]:
+        """Every server the files name, usable or not, sorted (for "known servers" in messages)."""
+        return sorted({*self.servers, *self.unusable})
+
     def enabled(self) -> dict[str, ServerConfig]:
         """The servers to run, in file order."""
         return {name: server for name, server in self.servers.items() if server.enabled}
@@ -383,7 +388,7 @@ class McpConfig:
         except KeyError:
             if name in self.unusable:
                 raise self.unusable[name] from None
-            known = ", ".join(sorted({*self.servers, *self.unusable})) or "none"
+            known = ", ".join(self.names) or "none"
             origin = f" (from {', '.join(self.sources)})" if self.sources else ""
             raise KeyError(f"unknown MCP server {name!r}; known servers{origin}: {known}") from None
 
@@ -612,7 +617,7 @@ def load_mcp_json(
     for table in layers:
         expanded, unusable = _expand_servers(table, file, environ)
         configs.append(dataclasses.replace(parse_servers(expanded, source=file), unusable=unusable))
-    return merge(*configs) if len(configs) > 1 else configs[0]
+    return merge(*configs)
 
 
 def _parse_json(text: str, file: str) -> Any:

@@ -164,10 +164,7 @@ class FdSendStream(anyio.abc.ByteSendStream):
     async def send(self, item: bytes) -> None:
         self._put(item)
         while len(self._buffer) > HIGH_WATER and self._error is None and not self._closed:
-            loop = self._loop or asyncio.get_running_loop()
-            if self._drained is None or self._drained.done():
-                self._drained = loop.create_future()
-            await asyncio.shield(self._drained)  # one future for all waiting senders; a cancelled one leaves it
+            await self._drain_some()
         if self._error is not None:
             raise anyio.BrokenResourceError from self._error
 
@@ -217,6 +214,13 @@ class FdSendStream(anyio.abc.ByteSendStream):
         if len(self._buffer) <= HIGH_WATER or self._error is not None:
             self._wake_senders()
 
+    async def _drain_some(self) -> None:
+        """Wait until the writer callback has brought the buffer to :data:`HIGH_WATER` or below (or it failed)."""
+        loop = self._loop or asyncio.get_running_loop()
+        if self._drained is None or self._drained.done():
+            self._drained = loop.create_future()
+        await asyncio.shield(self._drained)  # one future for all waiting senders; a cancelled one leaves it
+
     def _wake_senders(self) -> None:
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
@@ -248,8 +252,5 @@ class FdSendStream(anyio.abc.ByteSendStream):
                 self._sizes.pop()
             with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
                 while self._buffer and self._error is None:
-                    loop = self._loop or asyncio.get_running_loop()
-                    if self._drained is None or self._drained.done():
-                        self._drained = loop.create_future()
-                    await asyncio.shield(self._drained)
+                    await self._drain_some()
         self._close_now()

@@ -305,25 +305,32 @@ def handshake(sock: _socket.socket, hello: dict[str, object], *, timeout: float)
     sock.settimeout(timeout)
     try:
         sock.sendall(runtime.encode_line(hello))
-        buffer = b""
-        while b"\n" not in buffer:
-            chunk = sock.recv(CHUNK)
-            if not chunk:
-                raise BrokerUnavailable("the broker closed the connection without answering")
-            buffer += chunk
-            if len(buffer) > runtime.MAX_HELLO_BYTES:
-                raise BrokerUnavailable("the broker's answer is not a protocol line")
+        read = _read_line(sock, b"", limit=runtime.MAX_HELLO_BYTES)
+        if read is None:
+            raise BrokerUnavailable("the broker closed the connection without answering")
+        return runtime.decode_line(read[0]), read[1]
     except TimeoutError:
         raise BrokerUnavailable(f"no answer from the broker within {timeout:g} s") from None
     except OSError as exc:
         raise BrokerUnavailable(f"lost the broker during the hello: {exc.strerror or exc}") from None
-    finally:
-        sock.settimeout(None)
-    line, _, rest = buffer.partition(b"\n")
-    try:
-        return runtime.decode_line(line), rest
     except ValueError:
         raise BrokerUnavailable("the broker's answer is not a protocol line") from None
+    finally:
+        sock.settimeout(None)
+
+
+def _read_line(sock: _socket.socket, buffer: bytes, *, limit: int | None = None) -> tuple[bytes, bytes] | None:
+    """The next line from ``sock`` (``buffer`` holds what was already received) and the bytes after it; None when
+    the socket ends first. ValueError past ``limit`` bytes with no newline; OSError as ``recv`` raises it."""
+    while b"\n" not in buffer:
+        chunk = sock.recv(CHUNK)
+        if not chunk:
+            return None
+        buffer += chunk
+        if limit is not None and len(buffer) > limit:
+            raise ValueError("line too long")
+    line, _, rest = buffer.partition(b"\n")
+    return line, rest
 
 
 def control(
@@ -435,19 +442,10 @@ def hand_over(sock: _socket.socket, leftover: bytes, *, server: str, log: str) -
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.close(null)
-    buffer = leftover
     try:
-        while b"\n" not in buffer:
-            chunk = sock.recv(CHUNK)
-            if not chunk:
-                break
-            buffer += chunk
-    except OSError:
-        pass
-    line, newline, _ = buffer.partition(b"\n")
-    try:
-        ending = runtime.decode_line(line) if newline else None
-    except ValueError:
+        read = _read_line(sock, leftover)
+        ending = runtime.decode_line(read[0]) if read is not None else None
+    except (OSError, ValueError):
         ending = None
     if ending is None:
         return _lost(server, log)

@@ -95,7 +95,7 @@ def server_config(hello: Mapping[str, Any], configs: ConfigSource) -> StdioServe
     if server is None and name in config.unusable:
         raise HelloError(str(config.unusable[name]))
     if server is None:
-        known = ", ".join(sorted({*config.servers, *config.unusable})) or "none"
+        known = ", ".join(config.names) or "none"
         raise HelloError(f"no MCP server named {name!r} in {origin} (known: {known})")
     if not server.enabled:
         raise HelloError(f"MCP server {name!r} is disabled in {origin}")
