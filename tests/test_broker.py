@@ -502,6 +502,24 @@ async def test_the_shim_hands_its_stdio_to_the_broker(broker_env: BrokerEnv, mar
             shim.close()
 
 
+async def test_the_broker_runs_on_uvloop_unless_switched_off(broker_env: BrokerEnv, marker: str) -> None:
+    """uvloop is a dependency where it builds, so the broker runs on it and says so in its log; with
+    MCPSHARE_UVLOOP=0 it runs on asyncio's own loop. Either way a call goes through the handed-over stdio."""
+    pytest.importorskip("uvloop", reason="uvloop has no build for this platform")
+    argv = broker_env.shim("test", "--no-autostart", "--", *server_argv(marker=marker))
+    for switch, loop in (("", "uvloop"), ("0", "asyncio")):
+        broker_env.env["MCPSHARE_UVLOOP"] = switch
+        broker = broker_env.start_broker()
+        pid = await broker_env.wait_ready()
+        assert pid == broker.pid
+        async with sdk_session(argv, env=broker_env.run_env()) as session:
+            answer = await session.call_tool("echo", {"text": loop})
+            assert answer.content[0].text == loop  # type: ignore[union-attr]
+        broker.send_signal(signal.SIGTERM)
+        assert await anyio.to_thread.run_sync(broker.wait, 10) == 0
+        assert f"(pid {pid}, {loop}) starting" in Path(broker_env.paths.log).read_text()
+
+
 async def test_a_killed_shim_ends_its_session(broker_env: BrokerEnv, marker: str) -> None:
     """A client that kills its "server" (the shim) but keeps its pipes open still ends the session: the broker
     sees the shim's socket close, lets go of the client's pipes (the client reads the end of stdout) and releases

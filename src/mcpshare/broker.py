@@ -22,6 +22,7 @@ clients share processes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import logging.handlers
 import os
@@ -52,6 +53,7 @@ logger = logging.getLogger("mcpshare.broker")
 ENV_IDLE_GRACE = "MCPSHARE_IDLE_GRACE"
 """Default idle grace (seconds a server without clients lives on) for ``serve`` and autostarted brokers."""
 ENV_EXIT_IDLE = "MCPSHARE_BROKER_EXIT_IDLE"
+ENV_UVLOOP = "MCPSHARE_UVLOOP"
 """Seconds an autostarted broker with no client and no server waits before exiting (0: never)."""
 AUTOSTART_EXIT_IDLE = 600.0
 HELLO_TIMEOUT = 10.0
@@ -570,8 +572,13 @@ def describe_configs(configs: ConfigSource, cwd: str | os.PathLike[str]) -> str:
 async def serve(options: BrokerOptions, paths: runtime.RuntimePaths) -> None:
     """Run the broker until asked to stop: listen, serve, then stop every server and remove the socket."""
     configs = ConfigSource(options.configs)
+    loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
     logger.info(
-        "mcpshare broker %s (pid %d) starting; %s", __version__, os.getpid(), describe_configs(configs, os.getcwd())
+        "mcpshare broker %s (pid %d, %s) starting; %s",
+        __version__,
+        os.getpid(),
+        loop,
+        describe_configs(configs, os.getcwd()),
     )
     http_socket = bind_http(options.http_port) if options.http_port is not None else None
     async with BackendPool(idle_grace=options.idle_grace) as pool:
@@ -607,6 +614,21 @@ def _unlink(path: str) -> None:
         pass
 
 
+def use_uvloop() -> bool:
+    """Whether the broker runs on uvloop: when it is installed, unless ``MCPSHARE_UVLOOP=0``.
+
+    The broker spends most of its time passing small messages between pipes; uvloop's event loop (C, libuv) takes
+    a fair share less CPU per message than asyncio's own. Without it the broker runs on asyncio, unchanged.
+    """
+    if os.environ.get(ENV_UVLOOP, "").strip().lower() in ("0", "no", "false", "off"):
+        return False
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def run(options: BrokerOptions, *, paths: runtime.RuntimePaths | None = None, lock_fd: int | None = None) -> int:
     """Take the broker lock (unless the caller holds it), run until stopped, release the lock; returns 0.
 
@@ -621,7 +643,7 @@ def run(options: BrokerOptions, *, paths: runtime.RuntimePaths | None = None, lo
     try:
         runtime.write_pid(lock_fd)
         configure_logging(options.log_file or paths.log, stderr=options.log_stderr)
-        anyio.run(serve, options, paths, backend="asyncio")
+        anyio.run(serve, options, paths, backend="asyncio", backend_options={"use_uvloop": use_uvloop()})
     finally:
         os.close(lock_fd)  # last: the socket is gone and every server stopped
     return 0

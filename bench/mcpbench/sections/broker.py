@@ -138,12 +138,43 @@ def relay_spec(server: ServerSpec) -> ServerSpec:
     )
 
 
-async def shim_throughput(ctx: BenchContext, spec: ServerSpec, shim: ServerSpec) -> dict[str, list[float]]:
-    """Echo calls/s through a shim, through a bare relay and direct: interleaved rounds, all sessions open."""
+def _relay_process() -> psutil.Process | None:
+    """The bare relay this bench process started (a child, found by its script path), or None."""
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if str(RELAY) in child.cmdline():
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
+def _cpu_seconds(proc: psutil.Process | None) -> float | None:
+    if proc is None:
+        return None
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:
+        return None
+    return times.user + times.system
+
+
+async def shim_throughput(
+    ctx: BenchContext, spec: ServerSpec, shim: ServerSpec, broker_pid: int
+) -> dict[str, list[float]]:
+    """Echo calls through a shim, through a bare relay and direct: interleaved rounds, all sessions open.
+
+    Per round and variant: sequential and concurrent calls/s (``seq:*``, ``conc:*``), the median per-call latency
+    of the sequential run in ms (``p50:*``), and for shim and relay the CPU seconds the process in the middle (the
+    broker, the relay) spent on the sequential run (``cpu:*``), read from the OS.
+    """
     profile = ctx.profile
     tracker = ctx.tracker
     variants = ("direct", "shim", "relay")
-    rates: dict[str, list[float]] = {f"{kind}:{v}": [] for kind in ("seq", "conc") for v in variants}
+    rates: dict[str, list[float]] = {f"{kind}:{v}": [] for kind in ("seq", "conc", "p50") for v in variants} | {
+        "cpu:shim": [],
+        "cpu:relay": [],
+    }
 
     def session(server: ServerSpec, variant: str) -> AbstractAsyncContextManager[ClientSession]:
         env = tracker.env(tracker.scenario(f"broker-tp-{variant}"))
@@ -159,6 +190,7 @@ async def shim_throughput(ctx: BenchContext, spec: ServerSpec, shim: ServerSpec)
             "shim": checked_call(through_shim, spec.echo_tool, spec.echo_args),
             "relay": checked_call(through_relay, spec.echo_tool, spec.echo_args),
         }
+        middle = {"shim": psutil.Process(broker_pid), "relay": _relay_process(), "direct": None}
         with anyio.fail_after(120.0):
             for call in calls.values():
                 await run_sequential(call, 50)
@@ -166,8 +198,13 @@ async def shim_throughput(ctx: BenchContext, spec: ServerSpec, shim: ServerSpec)
         for round_index in range(profile.rounds):
             for variant in rotate(variants, round_index):
                 with anyio.fail_after(120.0):
-                    elapsed, _ = await run_sequential(calls[variant], profile.seq_calls)
+                    cpu_before = _cpu_seconds(middle[variant])
+                    elapsed, latencies = await run_sequential(calls[variant], profile.seq_calls)
+                    cpu_after = _cpu_seconds(middle[variant])
                     rates[f"seq:{variant}"].append(profile.seq_calls / elapsed)
+                    rates[f"p50:{variant}"].append(median(latencies) * 1000)  # type: ignore[operator]
+                    if cpu_before is not None and cpu_after is not None:
+                        rates[f"cpu:{variant}"].append(cpu_after - cpu_before)
                     elapsed = await run_concurrent([calls[variant]], profile.conc_calls, profile.conc_width)
                     rates[f"conc:{variant}"].append(profile.conc_calls / elapsed)
     return rates
@@ -196,7 +233,7 @@ async def broker(ctx: BenchContext) -> list[Row]:
         # Throughput first, while the machine is quiet: right after the N-agent scenario, the exit of hundreds of
         # processes still weighs on wake-up latency, and the sequential ratios moved with it.
         logger.info("broker: throughput through a shim")
-        rates = await shim_throughput(ctx, ctx.servers["everything"], shims[0])
+        rates = await shim_throughput(ctx, ctx.servers["everything"], shims[0], process.pid)
         logger.info("broker: %d agents x %d servers through shims", n, len(specs))
         agents: Measurement = await run_direct(
             ctx, shims, n, process_mb=SHIM_BUDGET_MB * 2, label="shim", also_measure=[scenario]
@@ -217,7 +254,12 @@ async def broker(ctx: BenchContext) -> list[Row]:
     ctx.detail("broker_tree_after_run", {"processes": len(broker_procs), "rss_bytes": broker_rss})
     ctx.detail("warm_via_shim_seconds", {name: summary(v) for name, v in warm.items()})
     ctx.detail("cold_spawn_seconds", {name: summary(v) for name, v in cold.items()})
-    ctx.detail("throughput_calls_per_second", {key: summary(v) for key, v in rates.items()})
+    for kinds, name in (
+        (("seq", "conc"), "throughput_calls_per_second"),
+        (("p50",), "sequential_latency_p50_ms"),
+        (("cpu",), "middle_process_cpu_seconds_per_round"),
+    ):
+        ctx.detail(name, {key: summary(v) for key, v in rates.items() if key.split(":")[0] in kinds})
     return _rows(ctx, n, agents, cold, warm, rates)
 
 
@@ -335,4 +377,50 @@ def _rows(
                     note=note,
                 )
             )
+        if kind != "seq":
+            continue
+        for via, note in (
+            ("shim", "the issue's target: a call through shim + broker within 1.3x of a direct call"),
+            ("relay", "a bare byte relay process between client and server: the floor of any broker"),
+        ):
+            rows.append(
+                Row(
+                    "broker",
+                    f"sequential call latency (p50) via {via} vs direct, echo @ everything",
+                    "ms",
+                    pooled=median(rates[f"p50:{via}"]),
+                    baseline=median(rates["p50:direct"]),
+                    ratio=paired_ratio(rates[f"p50:{via}"], rates["p50:direct"]),
+                    ratio_of=f"{via}/direct",
+                    target="<= 1.3x" if via == "shim" else "",
+                    ok=_within(paired_ratio(rates[f"p50:{via}"], rates["p50:direct"]), 1.3) if via == "shim" else None,
+                    params={"rounds": len(rates[f"p50:{via}"])},
+                    note=note,
+                )
+            )
+        # The OS counts CPU time in clock ticks (10 ms): one round's figure is coarse, the sum over rounds is not.
+        broker_us = _per_call_us(rates["cpu:shim"], ctx.profile.seq_calls)
+        relay_us = _per_call_us(rates["cpu:relay"], ctx.profile.seq_calls)
+        rows.append(
+            Row(
+                "broker",
+                "CPU per sequential call of the process in the middle: broker vs bare relay",
+                "us",
+                pooled=broker_us,
+                baseline=relay_us,
+                ratio=ratio(broker_us, relay_us),
+                ratio_of="broker/relay",
+                baseline_kind="relay",
+                params={"rounds": len(rates["cpu:shim"]), "calls_per_round": ctx.profile.seq_calls},
+                note="user + system CPU of the broker (of the relay) over all rounds, read from the OS",
+            )
+        )
     return rows
+
+
+def _per_call_us(cpu_seconds: list[float], calls_per_round: int) -> float | None:
+    return sum(cpu_seconds) / (len(cpu_seconds) * calls_per_round) * 1e6 if cpu_seconds else None
+
+
+def _within(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value <= limit
