@@ -520,6 +520,36 @@ async def test_the_broker_runs_on_uvloop_unless_switched_off(broker_env: BrokerE
         assert f"(pid {pid}, {loop}) starting" in Path(broker_env.paths.log).read_text()
 
 
+async def test_lines_the_broker_must_wait_for_keep_later_lines_behind_them(broker_env: BrokerEnv, marker: str) -> None:
+    """A handed-over client's requests go to the server from the broker's readiness callback when nothing needs
+    waiting; a line that does (a bad line, a level change the server must acknowledge) holds every later line behind
+    it. Sent in one write: the call after logging/setLevel finds the new level already at the server."""
+    argv = broker_env.shim("test", "--", *server_argv(marker=marker))
+    shim = RawShim(argv, broker_env.run_env(), broker_env.root)
+
+    def call(request_id: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        params = {"name": name, "arguments": arguments}
+        return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+
+    lines = [
+        b"this is not JSON\n",
+        runtime.encode_line({"jsonrpc": "2.0", "id": 2, "method": "logging/setLevel", "params": {"level": "error"}}),
+        runtime.encode_line(call(3, "log", {"level": "info", "message": "below the level"})),
+        runtime.encode_line(call(4, "echo", {"text": "after"})),
+    ]
+    try:
+        assert "serverInfo" in (await anyio.to_thread.run_sync(shim.ask, INITIALIZE))["result"]
+        shim.stdin.write(b"".join(lines))
+        shim.stdin.flush()
+        answers = [json.loads(await anyio.to_thread.run_sync(shim.stdout.readline)) for _ in range(4)]
+        assert [answer["id"] for answer in answers] == [None, 2, 3, 4]
+        assert answers[0]["error"]["code"] == -32700 and answers[1]["result"] == {}
+        assert answers[2]["result"]["content"][0]["text"] == "filtered"  # setLevel reached the server first
+        assert answers[3]["result"]["content"][0]["text"] == "after"
+    finally:
+        shim.close()
+
+
 async def test_a_killed_shim_ends_its_session(broker_env: BrokerEnv, marker: str) -> None:
     """A client that kills its "server" (the shim) but keeps its pipes open still ends the session: the broker
     sees the shim's socket close, lets go of the client's pipes (the client reads the end of stdout) and releases

@@ -10,7 +10,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from mcpshare.fdstream import HIGH_WATER, FdReceiveStream, FdSendStream
+from mcpshare.fdstream import HIGH_WATER, FdLineReceiveStream, FdReceiveStream, FdSendStream
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -167,3 +167,76 @@ async def test_bytes_read_for_a_cancelled_receive_go_to_the_next_one() -> None:
         with pytest.raises(anyio.EndOfStream):
             await reader.receive()
     await reader.aclose()
+
+
+async def test_eager_lines_are_taken_in_the_callback_and_declined_ones_reach_the_task_in_order() -> None:
+    """While the handler takes every line, the task waiting in receive_line is never woken, even for lines split
+    across writes; the first line it declines comes out of receive_line with every line after it, in order, and once
+    the task waits again the handler takes lines again."""
+    r, w = os.pipe()
+    reader = FdLineReceiveStream(r, max_line_bytes=1000)
+    taken: list[bytes] = []
+    reader.eager = lambda line: not line.startswith(b"slow") and (taken.append(line) or True)
+    received: list[bytes] = []
+    woken = anyio.Event()
+
+    async def task() -> None:
+        while True:
+            try:
+                line = await reader.receive_line()
+            except anyio.EndOfStream:
+                return
+            received.append(line)
+            woken.set()
+
+    async def settle() -> None:
+        for _ in range(20):
+            await anyio.sleep(0.005)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(task)
+            await settle()
+            for data in (b"a1\na2\n", b"a", b"3\n", b"a4"):
+                os.write(w, data)
+                await settle()
+            assert taken == [b"a1", b"a2", b"a3"] and received == []  # "a4" is begun, not done
+            os.write(w, b"\nslow1\nb1\n")
+            await woken.wait()
+            await settle()
+            assert taken == [b"a1", b"a2", b"a3", b"a4"] and received == [b"slow1", b"b1"]
+            os.write(w, b"c1\nslow2\nc2\nc3")
+            await settle()
+            os.close(w)  # the end: a last line without its newline still comes out
+    assert taken == [b"a1", b"a2", b"a3", b"a4", b"c1"]
+    assert received == [b"slow1", b"b1", b"slow2", b"c2", b"c3"]
+    await reader.aclose()
+
+
+async def test_line_limits_and_a_failing_handler_reach_the_task() -> None:
+    r, w = os.pipe()
+    reader = FdLineReceiveStream(r, max_line_bytes=10)
+    with anyio.fail_after(10):
+        os.write(w, b"x" * 11)
+        with pytest.raises(anyio.DelimiterNotFound):
+            await reader.receive_line()
+    await reader.aclose()
+    os.close(w)
+
+    r, w = os.pipe()
+    reader = FdLineReceiveStream(r, max_line_bytes=10)
+    reader.eager = lambda line: (_ for _ in ()).throw(ValueError(f"bad line {line!r}"))
+
+    async def write_later() -> None:
+        await anyio.sleep(0.05)  # the task waits first: the handler runs in the readiness callback
+        os.write(w, b"boom\nnext\n")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write_later)
+            with pytest.raises(ValueError, match="bad line b'boom'"):
+                await reader.receive_line()
+        reader.eager = None
+        assert await reader.receive_line() == b"next"  # the failing line is dropped, the rest is kept
+    await reader.aclose()
+    os.close(w)

@@ -31,7 +31,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ import psutil
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mcpshare import __version__, runtime
-from mcpshare.fdstream import FdReceiveStream, FdSendStream
+from mcpshare.fdstream import FdLineReceiveStream, FdSendStream
 from mcpshare.http_front import HttpFront, bind_http
 from mcpshare.mux import DEFAULT_MAX_LINE_BYTES, decode, encode, error_response
 from mcpshare.pool import DEFAULT_IDLE_GRACE, BackendPool, Lease
@@ -284,7 +284,7 @@ class Broker:
             await _answer(stream, {"end": "error", "error": "protocol error: expected stdin and stdout"})
             return
         client_out = FdSendStream(fds[1])
-        client_in = BufferedByteReceiveStream(FdReceiveStream(fds[0]))
+        client_in = FdLineReceiveStream(fds[0], DEFAULT_MAX_LINE_BYTES)
         ending: dict[str, Any] = {"end": "error", "error": "the broker is stopping"}
         ended: str | None = "the shim went away"  # unless the relay returns: the shim's socket ended first
         try:
@@ -417,7 +417,7 @@ async def relay(stream: anyio.abc.ByteSendStream, buffered: BufferedByteReceiveS
 
         lease.tap(outbox.put, outbox.close)
         tg.start_soon(to_client)
-        await _from_client(buffered, lease)
+        await _from_client(_SocketLines(buffered).receive_line, lease)
         # The client's input ended (or the session did): drop what is not on its way yet, but let a send under way
         # finish (a line the client has begun to read is not cut), for CLIENT_LINE_LINGER at most.
         outbox.close(drop=True)
@@ -463,10 +463,12 @@ class _Outbox:
         return data
 
 
-async def relay_to_pipe(client_out: FdSendStream, buffered: BufferedByteReceiveStream, lease: Lease) -> str | None:
-    """:func:`relay` for a client whose stdout we hold: each message is written the moment the server's reader
-    routes it (:meth:`Lease.tap`), with no task in between. Returns None when the client ended it (EOF, or it
-    closed its stdout), else why the broker ended the session (for the shim to tell)."""
+async def relay_to_pipe(client_out: FdSendStream, client_in: FdLineReceiveStream, lease: Lease) -> str | None:
+    """:func:`relay` for a client whose stdio we hold. Each message for the client is written by the server's
+    reader the moment it routes it (:meth:`Lease.tap`), and each client request that needs no waiting goes to the
+    server from the readiness callback that read it (:meth:`Lease.send_now`): a call wakes no task of this session.
+    Returns None when the client ended it (EOF, or it closed its stdout), else why the broker ended the session (for
+    the shim to tell)."""
     ended: str | None = None
     over = anyio.Event()
 
@@ -484,6 +486,18 @@ async def relay_to_pipe(client_out: FdSendStream, buffered: BufferedByteReceiveS
             ended = f"the broker ended this session: {lease.broken or 'the broker is stopping'}"
             over.set()
 
+    def forward_now(line: bytes) -> bool:
+        if not line.strip():
+            return True
+        try:
+            message = decode(line)
+        except ValueError:
+            return False  # _forward answers it
+        try:
+            return isinstance(message, dict) and lease.send_now(message)
+        except Exception:
+            return False  # nothing was sent: _forward tries again, and says what went wrong
+
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
@@ -492,26 +506,38 @@ async def relay_to_pipe(client_out: FdSendStream, buffered: BufferedByteReceiveS
 
         tg.start_soon(watch)
         lease.tap(write, lease_ended)
-        await _from_client(buffered, lease)
+        client_in.eager = forward_now
+        await _from_client(client_in.receive_line, lease)
         tg.cancel_scope.cancel()
     return ended
 
 
-async def _from_client(buffered: BufferedByteReceiveStream, lease: Lease) -> None:
+class _SocketLines:
+    """Lines of a shim's socket, as :meth:`FdLineReceiveStream.receive_line` gives them."""
+
+    def __init__(self, buffered: BufferedByteReceiveStream) -> None:
+        self._buffered = buffered
+        self._ended = False
+
+    async def receive_line(self) -> bytes:
+        if self._ended:
+            raise anyio.EndOfStream
+        try:
+            return await self._buffered.receive_until(b"\n", DEFAULT_MAX_LINE_BYTES)
+        except anyio.IncompleteRead:
+            self._ended = True
+            return bytes(self._buffered.buffer)  # a last line without its newline
+
+
+async def _from_client(receive_line: Callable[[], Awaitable[bytes]], lease: Lease) -> None:
     """Client lines into the lease until EOF. A bad line gets a JSON-RPC parse error, like a server would send."""
     while True:
         try:
-            line = await buffered.receive_until(b"\n", DEFAULT_MAX_LINE_BYTES)
-        except anyio.IncompleteRead:
-            line = bytes(buffered.buffer)  # a last line without its newline
-            if not line.strip():
-                return
-            await _forward(line, lease)
-            return
+            line = await receive_line()
         except anyio.DelimiterNotFound:
             lease.deliver(error_response(None, PARSE_ERROR, "message longer than the line limit; connection closed"))
             return
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             return
         if line.strip() and not await _forward(line, lease):
             return

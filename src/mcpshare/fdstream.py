@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
@@ -70,6 +71,10 @@ class FdReceiveStream(anyio.abc.ByteReceiveStream):
             error.__cause__ = exc
             waiter.set_exception(error)
             return
+        self._arrived(waiter, data)
+
+    def _arrived(self, waiter: asyncio.Future[bytes], data: bytes) -> None:
+        """The readiness callback read ``data`` (b"" at the end) for the receiver waiting on ``waiter``."""
         waiter.set_result(data)
 
     async def receive(self, max_bytes: int = CHUNK) -> bytes:
@@ -130,6 +135,72 @@ class FdReceiveStream(anyio.abc.ByteReceiveStream):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(anyio.ClosedResourceError())
         os.close(self.fd)
+
+
+class FdLineReceiveStream(FdReceiveStream):
+    """Newline-delimited lines from a descriptor for one reading task, and, when ``eager`` is set, for a synchronous
+    handler that takes them straight from the event loop's readiness callback.
+
+    ``eager(line)`` returns True when it has dealt with the line, False to leave it, and every line after it, to the
+    task's :meth:`receive_line`: lines are never reordered. While the handler takes every line, the task waiting in
+    receive_line is not woken at all, so a line costs no task switch. The callback reads only while that task waits
+    there: a task busy with a line it was left stops the reading (backpressure), as with a plain receive. An
+    exception from the handler is raised by the waiting receive_line (the line that raised it is dropped).
+    """
+
+    def __init__(self, fd: int, max_line_bytes: int) -> None:
+        super().__init__(fd)
+        self.eager: Callable[[bytes], bool] | None = None
+        self._lines = bytearray()  # bytes not yet returned as lines: a line begun, or lines left for the task
+        self._max_line_bytes = max_line_bytes
+
+    def _arrived(self, waiter: asyncio.Future[bytes], data: bytes) -> None:
+        eager = self.eager
+        if eager is None or not data:
+            waiter.set_result(data)
+            return
+        lines = self._lines
+        lines += data
+        start = 0
+        try:
+            while (end := lines.find(b"\n", start)) >= 0:
+                taken = eager(bytes(lines[start:end]))
+                if not taken:
+                    break
+                start = end + 1
+        except BaseException as exc:
+            del lines[: end + 1]
+            waiter.set_exception(exc)
+            return
+        del lines[:start]
+        if b"\n" in lines or len(lines) > self._max_line_bytes:
+            # Left for the task: hand the rest over as if it had just been read (receive_line appends it again).
+            data = bytes(lines)
+            lines.clear()
+            waiter.set_result(data)
+
+    async def receive_line(self) -> bytes:
+        """The next line, without its newline. At the end of the input a last line that lacks its newline is
+        returned, then :class:`anyio.EndOfStream`; a line longer than the limit is :class:`anyio.DelimiterNotFound`.
+        """
+        lines = self._lines
+        while True:
+            end = lines.find(b"\n")
+            if end >= 0:
+                line = bytes(lines[:end])
+                del lines[: end + 1]
+                return line
+            if len(lines) > self._max_line_bytes:
+                raise anyio.DelimiterNotFound(self._max_line_bytes)
+            try:
+                data = await self.receive()
+            except anyio.EndOfStream:
+                if not lines:
+                    raise
+                line = bytes(lines)
+                lines.clear()
+                return line
+            lines += data
 
 
 class FdSendStream(anyio.abc.ByteSendStream):

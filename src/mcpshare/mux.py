@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import json
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import anyio.abc
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
-from mcpshare.fdstream import FdSendStream
+from mcpshare.fdstream import HIGH_WATER, FdSendStream
 
 logger = logging.getLogger("mcpshare.mux")
 
@@ -97,6 +98,8 @@ A session whose only requests in flight are of these kinds cannot own a server-t
 
 DROPPABLE_NOTIFICATIONS: Final = frozenset({"notifications/progress", "notifications/message"})
 """Notifications a slow session may lose when its queue is full; anything else overflowing closes the session."""
+_AWAITED_METHODS: Final = frozenset({"logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
+"""Client requests the mux answers itself after writes of its own (a level or subscription shared by sessions)."""
 
 
 class BackendError(RuntimeError):
@@ -461,19 +464,29 @@ class Backend:
 
     # ------------------------------------------------------------------ client -> server
 
-    async def _client_request(self, channel: Channel, message: Message) -> None:
+    def from_client_now(self, channel: Channel, message: Message) -> bool:
+        """:meth:`from_client` for a request that needs no waiting, done at once: True when it is done, False when
+        it needs :meth:`from_client` (any other message, a level or subscription change, a closed session, or a
+        server pipe that is not an :class:`FdSendStream` with room). For a caller outside any task (the broker's
+        readiness callback), which saves the switch to one."""
+        if channel.closed or kind_of(message) != "request":
+            return False
+        return self._request_now(channel, message)
+
+    def _request_now(self, channel: Channel, message: Message) -> bool:
+        """A client request handled without waiting, if it can be; else False, with nothing done yet."""
         client_id = message["id"]
         method: str = message["method"]
         params = message.get("params")
         if not _valid_id(client_id):
             channel.deliver(error_response(None, INVALID_REQUEST, "request id must be a string or an integer"))
-            return
+            return True
         if self.error is not None:
             channel.deliver(error_response(client_id, CONNECTION_CLOSED, str(self.error)))
-            return
+            return True
         if method == "initialize":
             self._answer_initialize(channel, client_id, params)
-            return
+            return True
         if method == "server/discover":
             channel.deliver(
                 error_response(
@@ -482,21 +495,51 @@ class Backend:
                     f"server {self.name!r} is shared over the {self.protocol_version} handshake; use initialize",
                 )
             )
-            return
-        if method == "logging/setLevel":
-            await self._set_level(channel, client_id, params)
-            return
-        if method in ("resources/subscribe", "resources/unsubscribe"):
-            await self._subscription(channel, client_id, method, params)
-            return
+            return True
+        if method in _AWAITED_METHODS:
+            return False
         if method == "tools/list":
             cursor = params.get("cursor") if isinstance(params, dict) else None
             cached = self._tools_cache.get(cursor)
             if cached is not None:
                 self.stats.cache_hits += 1
                 channel.deliver(result_response(client_id, cached))
-                return
-        await self._forward_request(channel, client_id, method, params, message)
+                return True
+        if not self._atomic_sends or self._send_stream.buffered > HIGH_WATER:  # type: ignore[attr-defined]
+            return False  # the write would wait
+        outgoing = self._outgoing_request(channel, client_id, method, params, message)
+        if outgoing is not None:
+            try:
+                self._write_now(outgoing)
+            except BackendError as exc:
+                self._forward_failed(channel, client_id, outgoing["id"], exc)
+            except BaseException:
+                self._settle(outgoing["id"])  # it could not be sent (say, a value JSON cannot carry)
+                raise
+        return True
+
+    async def _client_request(self, channel: Channel, message: Message) -> None:
+        if self._request_now(channel, message):
+            return
+        client_id = message["id"]
+        method: str = message["method"]
+        params = message.get("params")
+        if method == "logging/setLevel":
+            await self._set_level(channel, client_id, params)
+            return
+        if method in _AWAITED_METHODS:  # resources/subscribe, resources/unsubscribe
+            await self._subscription(channel, client_id, method, params)
+            return
+        outgoing = self._outgoing_request(channel, client_id, method, params, message)
+        if outgoing is None:
+            return
+        try:
+            await self._write(outgoing)
+        except BackendError as exc:
+            self._forward_failed(channel, client_id, outgoing["id"], exc)
+        except BaseException:
+            self._settle(outgoing["id"])
+            raise
 
     def _answer_initialize(self, channel: Channel, client_id: RequestId, params: Any) -> None:
         if isinstance(params, dict):
@@ -507,12 +550,14 @@ class Backend:
         assert self.initialize_result is not None, "initialize() must complete before sessions attach"
         channel.deliver(result_response(client_id, self.initialize_result))
 
-    async def _forward_request(
+    def _outgoing_request(
         self, channel: Channel, client_id: RequestId, method: str, params: Any, message: Message
-    ) -> None:
+    ) -> Message | None:
+        """Register a request for forwarding and return it as the server must see it (backend id, and progress
+        token); None when it was answered instead (its id is in use)."""
         if client_id in channel.inflight:
             channel.deliver(error_response(client_id, INVALID_REQUEST, f"request id {client_id!r} is already in use"))
-            return
+            return None
         pending = _Pending(method=method, channel=channel, client_id=client_id)
         backend_id = self._register(pending)
         channel.inflight[client_id] = backend_id
@@ -528,17 +573,14 @@ class Backend:
                 [self._tools_generation, params.get("cursor") if isinstance(params, dict) else None]
             )
         self.stats.requests += 1
-        try:
-            await self._write(outgoing)
-        except BackendError as exc:
-            # The server died under us. fail() has answered this request if it was pending then; if not, do it.
-            if self._pending.pop(backend_id, None) is not None:
-                self._progress.pop(backend_id, None)
-                channel.inflight.pop(client_id, None)
-                channel.deliver(error_response(client_id, CONNECTION_CLOSED, str(exc)))
-        except BaseException:
-            self._settle(backend_id)
-            raise
+        return outgoing
+
+    def _forward_failed(self, channel: Channel, client_id: RequestId, backend_id: int, exc: BackendError) -> None:
+        # The server died under us. fail() has answered this request if it was pending then; if not, do it.
+        if self._pending.pop(backend_id, None) is not None:
+            self._progress.pop(backend_id, None)
+            channel.inflight.pop(client_id, None)
+            channel.deliver(error_response(client_id, CONNECTION_CLOSED, str(exc)))
 
     async def _client_notification(self, channel: Channel, message: Message) -> None:
         method = message["method"]
@@ -921,6 +963,18 @@ class Backend:
         self._settle(backend_id)
         if self.error is None:
             await self._write(self._cancel_message(backend_id, reason))
+
+    def _write_now(self, message: Message) -> None:
+        """Write without waiting: only for an :class:`FdSendStream` (which takes every message whole), by a caller
+        that saw it had room (else this could buffer past its high-water mark)."""
+        if self.error is not None:
+            raise self.error
+        stream: FdSendStream = self._send_stream  # type: ignore[assignment]
+        try:
+            stream.send_nowait(encode(message), sys.maxsize)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            self.fail(f"stopped reading its stdin ({exc.__class__.__name__})")
+            raise BackendError(str(self.error)) from exc
 
     async def _write(self, message: Message) -> None:
         if self.error is not None:

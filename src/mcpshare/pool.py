@@ -232,6 +232,14 @@ class Lease:
                 raise
         await channel.send(message)
 
+    def send_now(self, message: Message) -> bool:
+        """:meth:`send` for a message that needs no waiting (a request to a live server with room in its pipe),
+        done at once; False, with nothing done, when it needs :meth:`send`. See :meth:`Backend.from_client_now`."""
+        channel = self.channel
+        if self.released or self.broken is not None or channel is None or not channel.backend.alive:
+            return False
+        return channel.backend.from_client_now(channel, message)
+
     def tap(self, writer: Callable[[Message], None], on_end: Callable[[], None]) -> None:
         """From now on, hand each message for this session to ``writer`` at once instead of queueing it.
 
