@@ -213,15 +213,32 @@ async def test_eager_lines_are_taken_in_the_callback_and_declined_ones_reach_the
     await reader.aclose()
 
 
-async def test_line_limits_and_a_failing_handler_reach_the_task() -> None:
+@pytest.mark.parametrize("data", [b"x" * 11, b"x" * 11 + b"\n"], ids=["begun", "whole"])
+@pytest.mark.parametrize("eager", [False, True])
+async def test_a_line_over_the_limit_is_refused_begun_or_whole(data: bytes, eager: bool) -> None:
     r, w = os.pipe()
     reader = FdLineReceiveStream(r, max_line_bytes=10)
+    taken: list[bytes] = []
+    if eager:
+        reader.eager = lambda line: taken.append(line) is None
+
+    async def write_later() -> None:
+        await anyio.sleep(0.05)  # the task waits first: an eager handler would see it in the readiness callback
+        os.write(w, b"ok\n" + data)
+
     with anyio.fail_after(10):
-        os.write(w, b"x" * 11)
-        with pytest.raises(anyio.DelimiterNotFound):
-            await reader.receive_line()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write_later)
+            if not eager:
+                assert await reader.receive_line() == b"ok"
+            with pytest.raises(anyio.DelimiterNotFound):
+                await reader.receive_line()
+    assert taken == ([b"ok"] if eager else [])  # the handler never sees the long line
     await reader.aclose()
     os.close(w)
+
+
+async def test_a_failing_handler_reaches_the_task() -> None:
 
     r, w = os.pipe()
     reader = FdLineReceiveStream(r, max_line_bytes=10)

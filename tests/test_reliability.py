@@ -283,8 +283,13 @@ async def test_values_beyond_the_fast_json_codec_pass_through_intact(marker: str
         await client.lease.release()
 
 
-async def test_oversized_line_fails_the_backend_clearly_then_restarts(marker: str) -> None:
-    async with BackendPool(idle_grace=0, max_line_bytes=1024 * 1024) as pool:
+# eager_reads (the broker's mode): the same routing, run by the loop's readiness callback instead of the reader task.
+EAGER = pytest.mark.parametrize("eager", [False, True], ids=["reader-task", "eager-reads"])
+
+
+@EAGER
+async def test_oversized_line_fails_the_backend_clearly_then_restarts(marker: str, eager: bool) -> None:
+    async with BackendPool(idle_grace=0, max_line_bytes=1024 * 1024, eager_reads=eager) as pool:
         client = RawClient(await pool.acquire(raw_server(marker)))
         await client.initialize()
         pid = client.lease.pid
@@ -328,8 +333,9 @@ async def test_bad_host_input_is_a_clear_error_and_corrupts_nothing(marker: str)
 # --------------------------------------------------------------------------- backpressure
 
 
-async def test_slow_reader_is_disconnected_without_stalling_others(marker: str) -> None:
-    async with BackendPool(idle_grace=0, queue_size=64) as pool:
+@EAGER
+async def test_slow_reader_is_disconnected_without_stalling_others(marker: str, eager: bool) -> None:
+    async with BackendPool(idle_grace=0, queue_size=64, eager_reads=eager) as pool:
         slow = await pool.acquire(sdk_server(marker))
         fast = await pool.acquire(sdk_server(marker))
         await slow.send(

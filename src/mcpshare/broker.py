@@ -42,9 +42,9 @@ import psutil
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mcpshare import __version__, runtime
-from mcpshare.fdstream import FdLineReceiveStream, FdSendStream
+from mcpshare.fdstream import DEFAULT_MAX_LINE_BYTES, FdLineReceiveStream, FdSendStream
 from mcpshare.http_front import HttpFront, bind_http
-from mcpshare.mux import DEFAULT_MAX_LINE_BYTES, decode, encode, error_response
+from mcpshare.mux import decode, encode, error_response
 from mcpshare.pool import DEFAULT_IDLE_GRACE, BackendPool, Lease
 from mcpshare.sources import ConfigSource, HelloError, server_config
 
@@ -607,7 +607,8 @@ async def serve(options: BrokerOptions, paths: runtime.RuntimePaths) -> None:
         describe_configs(configs, os.getcwd()),
     )
     http_socket = bind_http(options.http_port) if options.http_port is not None else None
-    async with BackendPool(idle_grace=options.idle_grace) as pool:
+    # Under anyio.run, routing may run in the loop's readiness callbacks (see Backend): a task switch less per message.
+    async with BackendPool(idle_grace=options.idle_grace, eager_reads=True) as pool:
         broker = Broker(pool, paths, options, configs)
         front = HttpFront(pool, configs, paths.token, http_socket) if http_socket is not None else None
         listener = await anyio.create_unix_listener(paths.socket, mode=0o600)

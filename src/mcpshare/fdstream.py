@@ -28,6 +28,8 @@ import anyio.abc
 CHUNK = 65536
 HIGH_WATER = 65536
 """A sender waits while more than this many bytes are buffered for a descriptor that is not being read."""
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+"""The longest JSON-RPC line read from a server or a client unless configured otherwise."""
 
 
 class FdReceiveStream(anyio.abc.ByteReceiveStream):
@@ -152,7 +154,7 @@ class FdLineReceiveStream(FdReceiveStream):
         super().__init__(fd)
         self.eager: Callable[[bytes], bool] | None = None
         self._lines = bytearray()  # bytes not yet returned as lines: a line begun, or lines left for the task
-        self._max_line_bytes = max_line_bytes
+        self.max_line_bytes = max_line_bytes
 
     def _arrived(self, waiter: asyncio.Future[bytes], data: bytes) -> None:
         eager = self.eager
@@ -163,7 +165,7 @@ class FdLineReceiveStream(FdReceiveStream):
         lines += data
         start = 0
         try:
-            while (end := lines.find(b"\n", start)) >= 0:
+            while (end := lines.find(b"\n", start)) >= 0 and end - start <= self.max_line_bytes:
                 taken = eager(bytes(lines[start:end]))
                 if not taken:
                     break
@@ -173,25 +175,32 @@ class FdLineReceiveStream(FdReceiveStream):
             waiter.set_exception(exc)
             return
         del lines[:start]
-        if b"\n" in lines or len(lines) > self._max_line_bytes:
+        if b"\n" in lines or len(lines) > self.max_line_bytes:
             # Left for the task: hand the rest over as if it had just been read (receive_line appends it again).
             data = bytes(lines)
             lines.clear()
             waiter.set_result(data)
 
+    @property
+    def line_ready(self) -> bool:
+        """Whether :meth:`receive_line` has a whole line already (it returns without waiting)."""
+        return b"\n" in self._lines
+
     async def receive_line(self) -> bytes:
         """The next line, without its newline. At the end of the input a last line that lacks its newline is
-        returned, then :class:`anyio.EndOfStream`; a line longer than the limit is :class:`anyio.DelimiterNotFound`.
+        returned, then :class:`anyio.EndOfStream`; a line longer than ``max_line_bytes`` is
+        :class:`anyio.DelimiterNotFound`.
         """
         lines = self._lines
+        limit = self.max_line_bytes
         while True:
             end = lines.find(b"\n")
+            if end > limit or (end < 0 and len(lines) > limit):
+                raise anyio.DelimiterNotFound(limit)
             if end >= 0:
                 line = bytes(lines[:end])
                 del lines[: end + 1]
                 return line
-            if len(lines) > self._max_line_bytes:
-                raise anyio.DelimiterNotFound(self._max_line_bytes)
             try:
                 data = await self.receive()
             except anyio.EndOfStream:

@@ -31,7 +31,7 @@ import anyio.abc
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
-from mcpshare.fdstream import HIGH_WATER, FdSendStream
+from mcpshare.fdstream import HIGH_WATER, FdLineReceiveStream, FdSendStream
 
 logger = logging.getLogger("mcpshare.mux")
 
@@ -58,7 +58,6 @@ INVALID_REQUEST: Final = -32600
 METHOD_NOT_FOUND: Final = -32601
 INTERNAL_ERROR: Final = -32603
 
-DEFAULT_MAX_LINE_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_QUEUE_SIZE: Final = 1024
 
 CLIENT_CAPABILITIES: Final[Mapping[str, Any]] = {
@@ -278,19 +277,24 @@ class Backend:
     Lifecycle: construct, run :meth:`run` in a task group (the reader loop), ``await initialize()`` once, then
     attach channels. :meth:`fail` ends it: every in-flight request of every session is answered at once with an
     error that names the server, and later requests fail the same way.
+
+    With ``eager_reads`` the server's lines are routed by the event loop's readiness callback that read them
+    (:attr:`FdLineReceiveStream.eager`), not by the reader task: no task switch per message. Routing may create
+    anyio objects (say, when a session is dropped), which outside any task only works where anyio runs the loop
+    (``anyio.run``, as the broker does), not under a host's plain ``asyncio.run``: hence opt-in.
     """
 
     def __init__(
         self,
         name: str,
         send_stream: anyio.abc.ByteSendStream,
-        receive_stream: anyio.abc.ByteReceiveStream,
+        receive_stream: FdLineReceiveStream,
         *,
         client_info: Mapping[str, Any] | None = None,
         roots: Callable[[], list[dict[str, Any]]] | None = None,
-        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         describe_exit: Callable[[], str] | None = None,
         wait_exit: Callable[[], Awaitable[Any]] | None = None,
+        eager_reads: bool = False,
     ) -> None:
         self.name = name
         self._send_stream = send_stream
@@ -301,7 +305,7 @@ class Backend:
         self._atomic_sends = isinstance(send_stream, FdSendStream)
         self._client_info = dict(client_info or {"name": "mcpshare", "version": "0"})
         self._roots = roots or (lambda: [])
-        self._max_line_bytes = max_line_bytes
+        self._eager_reads = eager_reads
         self._describe_exit = describe_exit or (lambda: "")
         self._wait_exit = wait_exit
         self._ids = itertools.count(1)
@@ -755,35 +759,25 @@ class Backend:
     # ------------------------------------------------------------------ server -> client
 
     async def _read_loop(self) -> None:
-        buffer = bytearray()
-        limit = self._max_line_bytes
+        stream = self._receive_stream
+        if self._eager_reads:
+            stream.eager = self._take_line
         while True:
             try:
-                chunk = await self._receive_stream.receive(65536)
+                line = await stream.receive_line()
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 return  # closed: the process is being stopped
-            start = 0
-            while True:
-                newline = chunk.find(b"\n", start)
-                if newline < 0:
-                    buffer += chunk[start:]
-                    if len(buffer) > limit:
-                        raise BackendError(f"sent a line longer than the limit of {limit} bytes")
-                    break
-                if buffer:
-                    buffer += chunk[start:newline]
-                    line = bytes(buffer)
-                    buffer.clear()
-                else:
-                    line = chunk[start:newline]
-                start = newline + 1
-                if len(line) > limit:
-                    raise BackendError(f"sent a line longer than the limit of {limit} bytes")
-                self._handle_line(line)
-                if start < len(chunk):
-                    # More lines wait in this chunk: let readers take this one first, so bursts stay small. (After
-                    # the last line the next receive yields anyway; a checkpoint there would cost a loop turn.)
-                    await anyio.lowlevel.checkpoint()
+            except anyio.DelimiterNotFound:
+                raise BackendError(f"sent a line longer than the limit of {stream.max_line_bytes} bytes") from None
+            self._handle_line(line)
+            if stream.line_ready:
+                # More lines wait: let readers take this one first, so bursts stay small. (Otherwise the next
+                # receive yields anyway; a checkpoint there would cost a loop turn.)
+                await anyio.lowlevel.checkpoint()
+
+    def _take_line(self, line: bytes) -> bool:
+        self._handle_line(line)
+        return True
 
     def _handle_line(self, line: bytes) -> None:
         line = line.strip()

@@ -28,10 +28,10 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from mcpshare.config import StdioServerConfig
+from mcpshare.fdstream import DEFAULT_MAX_LINE_BYTES
 from mcpshare.key import PoolKey, child_environment, make_key
 from mcpshare.mux import (
     CONNECTION_CLOSED,
-    DEFAULT_MAX_LINE_BYTES,
     DEFAULT_QUEUE_SIZE,
     Backend,
     BackendError,
@@ -319,6 +319,7 @@ class BackendPool:
         backoff_max: float = 10.0,
         breaker_threshold: int = 5,
         stable_after: float = 30.0,
+        eager_reads: bool = False,
     ) -> None:
         """Tuning:
 
@@ -328,6 +329,8 @@ class BackendPool:
         * ``backoff_base``/``backoff_max``: exponential backoff (with jitter) before restarting a key that failed.
         * ``breaker_threshold``: consecutive failures (crashes within ``stable_after`` seconds of start, or
           failed starts) after which the key is disabled until :meth:`reset`.
+        * ``eager_reads``: route each server's messages from the event loop's readiness callback (see
+          :class:`Backend`); only for a loop started by ``anyio.run``.
         """
         if idle_grace < 0:
             raise ValueError("idle_grace must be >= 0")
@@ -340,6 +343,7 @@ class BackendPool:
         self.idle_grace = idle_grace
         self.client_info = dict(client_info or {"name": "mcpshare", "version": _version()})
         self.max_line_bytes = max_line_bytes
+        self.eager_reads = eager_reads
         self.queue_size = queue_size
         self.stop_grace = stop_grace
         self._use_guardian = guardian
@@ -673,7 +677,14 @@ class BackendPool:
         argv = (key.command, *key.args)
         try:
             environ = child_environment(key, self._base_environ)
-            process = await ServerProcess.spawn(config.name, argv, env=environ, cwd=key.cwd, guardian=self._guardian)
+            process = await ServerProcess.spawn(
+                config.name,
+                argv,
+                env=environ,
+                cwd=key.cwd,
+                guardian=self._guardian,
+                max_line_bytes=self.max_line_bytes,
+            )
         except Exception as exc:
             cause = str(exc) if isinstance(exc, SpawnError) else f"{exc.__class__.__name__}: {exc}"
             self._fail(entry, ServerStartError(config.name, _display(argv), cause))
@@ -714,9 +725,9 @@ class BackendPool:
             process.stdout,
             client_info=self.client_info,
             roots=lambda: _roots(entry.key),
-            max_line_bytes=self.max_line_bytes,
             describe_exit=describe_exit,
             wait_exit=process.wait,
+            eager_reads=self.eager_reads,
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(process.drain_stderr)

@@ -52,7 +52,7 @@ import anyio.abc
 import psutil
 
 from mcpshare._guardian import proc_stat as _proc_stat
-from mcpshare.fdstream import FdReceiveStream, FdSendStream
+from mcpshare.fdstream import DEFAULT_MAX_LINE_BYTES, FdLineReceiveStream, FdSendStream
 
 __all__ = [
     "Guardian",
@@ -293,7 +293,7 @@ class ServerProcess:
         process: anyio.abc.Process,
         *,
         stdin: FdSendStream,
-        stdout: FdReceiveStream,
+        stdout: FdLineReceiveStream,
         guardian: Guardian | None,
         stderr_lines: int,
         pdeathsig: bool,
@@ -306,7 +306,7 @@ class ServerProcess:
         # process group, both numbered by its pid.
         self.pgid: int = process.pid
         self.stdin: anyio.abc.ByteSendStream = stdin
-        self.stdout: anyio.abc.ByteReceiveStream = stdout
+        self.stdout = stdout
         self.stderr = StderrRing(stderr_lines)
         self._stderr_stream: anyio.abc.ByteReceiveStream = process.stderr
         self.pdeathsig = pdeathsig
@@ -327,12 +327,13 @@ class ServerProcess:
         guardian: Guardian | None = None,
         stderr_lines: int = 200,
         pdeathsig: bool = True,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> ServerProcess:
         """Start ``argv`` as the leader of a new session and process group, registered with ``guardian``.
 
         ``name`` is only used in messages. ``env`` is the complete environment of the child: nothing is inherited
-        from ours. ``pdeathsig`` asks for the PR_SET_PDEATHSIG trampoline where it is safe (Linux, asyncio);
-        :attr:`pdeathsig` tells whether it was used.
+        from ours. :attr:`stdout` gives lines of at most ``max_line_bytes``. ``pdeathsig`` asks for the
+        PR_SET_PDEATHSIG trampoline where it is safe (Linux, asyncio); :attr:`pdeathsig` tells whether it was used.
 
         Returns once the real command has been exec'd. Raises :class:`SpawnError` if the command or working
         directory is unusable, or if the guardian is gone (``__cause__`` is then a :class:`GuardianError`). No
@@ -356,7 +357,7 @@ class ServerProcess:
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stdin = FdSendStream(stdin_w)
-        stdout = FdReceiveStream(stdout_r)
+        stdout = FdLineReceiveStream(stdout_r, max_line_bytes)
         try:
             try:
                 process = await anyio.open_process(
