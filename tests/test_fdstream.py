@@ -257,3 +257,33 @@ async def test_a_failing_handler_reaches_the_task() -> None:
         assert await reader.receive_line() == b"next"  # the failing line is dropped, the rest is kept
     await reader.aclose()
     os.close(w)
+
+
+async def test_a_handler_that_cancels_the_receiver_loses_no_line() -> None:
+    """A handler may cancel the task waiting in receive_line (its waiter is then done): the lines it left stay
+    for the next receive_line instead of being handed to a cancelled waiter."""
+    r, w = os.pipe()
+    reader = FdLineReceiveStream(r, max_line_bytes=100)
+
+    async def write_later() -> None:
+        await anyio.sleep(0.05)  # the task waits first: the handler runs in the readiness callback
+        os.write(w, b"a\nstop\nb\n")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write_later)
+            with anyio.CancelScope() as scope:
+
+                def handler(line: bytes) -> bool:
+                    if line == b"stop":
+                        scope.cancel()
+                        return False
+                    return True
+
+                reader.eager = handler
+                await reader.receive_line()
+            assert scope.cancelled_caught
+        reader.eager = None
+        assert [await reader.receive_line(), await reader.receive_line()] == [b"stop", b"b"]
+    await reader.aclose()
+    os.close(w)

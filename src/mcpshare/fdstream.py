@@ -172,9 +172,12 @@ class FdLineReceiveStream(FdReceiveStream):
                 start = end + 1
         except BaseException as exc:
             del lines[: end + 1]
-            waiter.set_exception(exc)
+            if not waiter.done():
+                waiter.set_exception(exc)
             return
         del lines[:start]
+        if waiter.done():
+            return  # the handler cancelled the receiver: what is left waits in the buffer for the next one
         if b"\n" in lines or len(lines) > self.max_line_bytes:
             # Left for the task: hand the rest over as if it had just been read (receive_line appends it again).
             data = bytes(lines)
