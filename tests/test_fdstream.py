@@ -169,6 +169,12 @@ async def test_bytes_read_for_a_cancelled_receive_go_to_the_next_one() -> None:
     await reader.aclose()
 
 
+async def write_soon(fd: int, data: bytes) -> None:
+    """Write once the reader waits: an eager handler then sees the data in the loop's readiness callback."""
+    await anyio.sleep(0.05)
+    os.write(fd, data)
+
+
 async def test_eager_lines_are_taken_in_the_callback_and_declined_ones_reach_the_task_in_order() -> None:
     """While the handler takes every line, the task waiting in receive_line is never woken, even for lines split
     across writes; the first line it declines comes out of receive_line with every line after it, in order, and once
@@ -222,13 +228,9 @@ async def test_a_line_over_the_limit_is_refused_begun_or_whole(data: bytes, eage
     if eager:
         reader.eager = lambda line: taken.append(line) is None
 
-    async def write_later() -> None:
-        await anyio.sleep(0.05)  # the task waits first: an eager handler would see it in the readiness callback
-        os.write(w, b"ok\n" + data)
-
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(write_later)
+            tg.start_soon(write_soon, w, b"ok\n" + data)
             if not eager:
                 assert await reader.receive_line() == b"ok"
             with pytest.raises(anyio.DelimiterNotFound):
@@ -239,18 +241,13 @@ async def test_a_line_over_the_limit_is_refused_begun_or_whole(data: bytes, eage
 
 
 async def test_a_failing_handler_reaches_the_task() -> None:
-
     r, w = os.pipe()
     reader = FdLineReceiveStream(r, max_line_bytes=10)
     reader.eager = lambda line: (_ for _ in ()).throw(ValueError(f"bad line {line!r}"))
 
-    async def write_later() -> None:
-        await anyio.sleep(0.05)  # the task waits first: the handler runs in the readiness callback
-        os.write(w, b"boom\nnext\n")
-
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(write_later)
+            tg.start_soon(write_soon, w, b"boom\nnext\n")
             with pytest.raises(ValueError, match="bad line b'boom'"):
                 await reader.receive_line()
         reader.eager = None
@@ -265,13 +262,9 @@ async def test_a_handler_that_cancels_the_receiver_loses_no_line() -> None:
     r, w = os.pipe()
     reader = FdLineReceiveStream(r, max_line_bytes=100)
 
-    async def write_later() -> None:
-        await anyio.sleep(0.05)  # the task waits first: the handler runs in the readiness callback
-        os.write(w, b"a\nstop\nb\n")
-
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(write_later)
+            tg.start_soon(write_soon, w, b"a\nstop\nb\n")
             with anyio.CancelScope() as scope:
 
                 def handler(line: bytes) -> bool:
