@@ -53,8 +53,9 @@ logger = logging.getLogger("mcpshare.broker")
 ENV_IDLE_GRACE = "MCPSHARE_IDLE_GRACE"
 """Default idle grace (seconds a server without clients lives on) for ``serve`` and autostarted brokers."""
 ENV_EXIT_IDLE = "MCPSHARE_BROKER_EXIT_IDLE"
-ENV_UVLOOP = "MCPSHARE_UVLOOP"
 """Seconds an autostarted broker with no client and no server waits before exiting (0: never)."""
+ENV_UVLOOP = "MCPSHARE_UVLOOP"
+"""``0`` runs the broker on asyncio's own event loop even where uvloop is installed."""
 AUTOSTART_EXIT_IDLE = 600.0
 HELLO_TIMEOUT = 10.0
 CLIENT_BUFFER_LIMIT = 8 * 1024 * 1024
