@@ -287,7 +287,7 @@ class Backend:
     def __init__(
         self,
         name: str,
-        send_stream: anyio.abc.ByteSendStream,
+        send_stream: FdSendStream,
         receive_stream: FdLineReceiveStream,
         *,
         client_info: Mapping[str, Any] | None = None,
@@ -299,10 +299,8 @@ class Backend:
         self.name = name
         self._send_stream = send_stream
         self._receive_stream = receive_stream
-        self._write_lock = anyio.Lock(fast_acquire=True)  # no loop turn when nobody else writes
         # An FdSendStream takes each message whole (buffering what the pipe does not take yet), so concurrent
         # writers cannot interleave their bytes and need no lock.
-        self._atomic_sends = isinstance(send_stream, FdSendStream)
         self._client_info = dict(client_info or {"name": "mcpshare", "version": "0"})
         self._roots = roots or (lambda: [])
         self._eager_reads = eager_reads
@@ -471,8 +469,8 @@ class Backend:
     def from_client_now(self, channel: Channel, message: Message) -> bool:
         """:meth:`from_client` for a request that needs no waiting, done at once: True when it is done, False when
         it needs :meth:`from_client` (any other message, a level or subscription change, a closed session, or a
-        server pipe that is not an :class:`FdSendStream` with room). For a caller outside any task (the broker's
-        readiness callback), which saves the switch to one."""
+        server pipe without room). For a caller outside any task (the broker's readiness callback), which saves the
+        switch to one."""
         if channel.closed or kind_of(message) != "request":
             return False
         return self._request_now(channel, message)
@@ -509,7 +507,7 @@ class Backend:
                 self.stats.cache_hits += 1
                 channel.deliver(result_response(client_id, cached))
                 return True
-        if not self._atomic_sends or self._send_stream.buffered > HIGH_WATER:  # type: ignore[attr-defined]
+        if self._send_stream.buffered > HIGH_WATER:
             return False  # the write would wait
         outgoing = self._outgoing_request(channel, client_id, method, params, message)
         if outgoing is not None:
@@ -959,30 +957,26 @@ class Backend:
             await self._write(self._cancel_message(backend_id, reason))
 
     def _write_now(self, message: Message) -> None:
-        """Write without waiting: only for an :class:`FdSendStream` (which takes every message whole), by a caller
-        that saw it had room (else this could buffer past its high-water mark)."""
+        """Write without waiting, by a caller that saw the server's stdin had room (else this could buffer past its
+        high-water mark)."""
         if self.error is not None:
             raise self.error
-        stream: FdSendStream = self._send_stream  # type: ignore[assignment]
         try:
-            stream.send_nowait(encode(message), sys.maxsize)
+            self._send_stream.send_nowait(encode(message), sys.maxsize)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            self.fail(f"stopped reading its stdin ({exc.__class__.__name__})")
-            raise BackendError(str(self.error)) from exc
+            raise self._stdin_broke(exc) from exc
 
     async def _write(self, message: Message) -> None:
         if self.error is not None:
             raise self.error
-        data = encode(message)
         try:
-            if self._atomic_sends:
-                await self._send_stream.send(data)
-            else:
-                async with self._write_lock:
-                    await self._send_stream.send(data)
+            await self._send_stream.send(encode(message))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            self.fail(f"stopped reading its stdin ({exc.__class__.__name__})")
-            raise BackendError(str(self.error)) from exc
+            raise self._stdin_broke(exc) from exc
+
+    def _stdin_broke(self, exc: BaseException) -> BackendError:
+        self.fail(f"stopped reading its stdin ({exc.__class__.__name__})")
+        return BackendError(str(self.error))
 
     # Writes that must happen from synchronous routing code (answers to server requests, cancels on detach) are
     # queued here and flushed by the writer task that :meth:`serve` runs.

@@ -305,7 +305,7 @@ class ServerProcess:
         # start_new_session=True makes the child call setsid() before exec, so it leads a new session and a new
         # process group, both numbered by its pid.
         self.pgid: int = process.pid
-        self.stdin: anyio.abc.ByteSendStream = stdin
+        self.stdin = stdin
         self.stdout = stdout
         self.stderr = StderrRing(stderr_lines)
         self._stderr_stream: anyio.abc.ByteReceiveStream = process.stderr
