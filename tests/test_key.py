@@ -256,6 +256,19 @@ def test_child_environment_puts_key_env_over_base(tmp_path: Path) -> None:
     assert child_environment(key, {"A": "base", "C": "base"}) == {"A": "key", "B": "key", "C": "base"}
 
 
+def test_a_declared_variable_the_requester_lacks_is_absent_not_inherited(tmp_path: Path) -> None:
+    """The base is the environment of whoever started the broker: a variable the config declares comes from the
+    requester or not at all, so the key says exactly what the process gets."""
+    config = stdio(env={"A": "key"}, env_vars=("TOKEN",))
+    without = make_key(config, workspace=tmp_path, environ=NO_PATH)
+    assert without.declared == ("A", "TOKEN")
+    base = {"TOKEN": "someone else's", "HOME": "/home/u"}
+    assert child_environment(without, base) == {"A": "key", "HOME": "/home/u"}
+    with_token = make_key(config, workspace=tmp_path, environ={**NO_PATH, "TOKEN": "mine"})
+    assert child_environment(with_token, base) == {"A": "key", "HOME": "/home/u", "TOKEN": "mine"}
+    assert with_token != without
+
+
 # ---------------------------------------------------------------------------------------------- identity and secrets
 
 

@@ -234,40 +234,47 @@ def test_claude_json_project_servers_are_wrapped_and_labelled(copy_sample) -> No
 
     assert result.changed == ["memory", f"fetch@{CLAUDE_PROJECT}", f"db@{CLAUDE_PROJECT}"]
     assert result.skipped == {"context": "http"}
-    config = load_config(path, project=CLAUDE_PROJECT)
-    db = config.get("db")
-    assert isinstance(db, StdioServerConfig)
-    assert db.args == ("connect", "db", "--env-keys", "DB_URL", "--", "db-mcp")
-    assert db.env == {"DB_URL": "postgres://localhost/app"}
+    db = json.loads(path.read_text(encoding="utf-8"))["projects"][CLAUDE_PROJECT]["mcpServers"]["db"]
+    assert (db["command"], db["args"]) == (LAUNCHER[0], ["connect", "db", "--env-keys", "DB_URL", "--", "db-mcp"])
+    assert db["env"] == {"DB_URL": "postgres://localhost/app"}
     assert "théâtre" in path.read_text(encoding="utf-8")  # non-ASCII text is not escaped
 
 
+def _raw_entries(path: Path, project: str | None) -> dict[str, Any]:
+    """The server entries as the host reads them (the launch it performs), not as mcpshare loads them."""
+    if path.suffix == ".toml":
+        return tomllib.loads(path.read_text(encoding="utf-8"))["mcp_servers"]
+    data = json.loads(path.read_text(encoding="utf-8"))
+    entries = dict(data.get("mcpServers", {}))
+    if project is not None:
+        entries.update(data.get("projects", {}).get(project, {}).get("mcpServers", {}))
+    return entries
+
+
 @pytest.mark.parametrize("name", SAMPLES)
-def test_wrapped_entries_load_as_shim_launches_that_embed_the_original(copy_sample, name: str) -> None:
+def test_wrapped_entries_launch_the_shim_and_load_as_the_original(copy_sample, name: str) -> None:
+    """The host launches `mcpshare connect NAME ... -- <original>`; mcpshare itself (the broker, a ThreadManager)
+    loads the very same server it would have loaded before the wrap: it must never run a shim as a server."""
     path = copy_sample(name)
     project = CLAUDE_PROJECT if name == "claude.json" else None
     original = load_config(path, project=project)
 
     wrap_file(path, mcpshare_command=LAUNCHER)
 
-    wrapped = load_config(path, project=project)
-    assert list(wrapped.servers) == list(original.servers)
+    loaded = load_config(path, project=project)
+    assert loaded.servers == original.servers
+    assert {name: str(error) for name, error in loaded.unusable.items()} == {
+        name: str(error) for name, error in original.unusable.items()
+    }
+    raw = _raw_entries(path, project)
     for server_name, before in original.servers.items():
-        after = wrapped.get(server_name)
+        entry = raw[server_name]
         if not isinstance(before, StdioServerConfig) or not before.enabled:
-            assert after == before
+            assert not isinstance(entry.get("args"), list) or "connect" not in entry["args"]
             continue
-        assert isinstance(after, StdioServerConfig)
-        assert after.command == LAUNCHER[0]
-        assert after.args[:2] == ("connect", server_name)
-        assert unwrap_entry(after.command, after.args) == (before.command, list(before.args))
-        assert (after.env, after.env_vars, after.cwd, after.share) == (
-            before.env,
-            before.env_vars,
-            before.cwd,
-            before.share,
-        )
-        assert (after.startup_timeout_sec, after.enabled_tools) == (before.startup_timeout_sec, before.enabled_tools)
+        assert entry["command"] == LAUNCHER[0]
+        assert entry["args"][:2] == ["connect", server_name]
+        assert unwrap_entry(entry["command"], entry["args"]) == (before.command, list(before.args))
 
 
 def test_the_shim_reads_the_wrapped_form(copy_sample) -> None:
@@ -275,11 +282,10 @@ def test_the_shim_reads_the_wrapped_form(copy_sample) -> None:
     path = copy_sample("codex_config.toml")
     wrap_file(path, mcpshare_command=[sys.executable, "-m", "mcpshare"])
 
-    github = load_config(path).get("github")
-    assert isinstance(github, StdioServerConfig)
-    assert github.command == sys.executable
-    assert github.args[:3] == ("-m", "mcpshare", "connect")
-    request = shim.parse_args(list(github.args[3:]), environ={})
+    github = tomllib.loads(path.read_text(encoding="utf-8"))["mcp_servers"]["github"]
+    assert github["command"] == sys.executable
+    assert github["args"][:3] == ["-m", "mcpshare", "connect"]
+    request = shim.parse_args(list(github["args"][3:]), environ={})
 
     assert request.server == "github"
     assert request.command == ["npx", "-y", "@modelcontextprotocol/server-github"]

@@ -1,8 +1,9 @@
 """MCP server configurations: the frozen value types and the loaders for the files real hosts write.
 
-Layer 1: this module imports nothing from mcpshare. Everything above it (pool keys, the pool, threads) trusts that a
-config which exists is valid, so validation happens here, once, and a bad file raises :class:`ConfigError` as a
-whole: no loader ever returns part of a config, because a half-loaded config silently drops servers.
+Layer 1: this module imports nothing from mcpshare but the stdlib-only :mod:`mcpshare.connect_line`. Everything
+above it (pool keys, the pool, threads) trusts that a config which exists is valid, so validation happens here,
+once, and a bad file raises :class:`ConfigError` as a whole: no loader ever returns part of a config, because a
+half-loaded config silently drops servers.
 
 Two file dialects are read:
 
@@ -33,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
+
+from mcpshare import connect_line
 
 __all__ = [
     "ConfigError",
@@ -452,12 +455,11 @@ def parse_server(name: str, raw: Mapping[str, Any], *, source: str | None = None
         fields, spelled = _canonical_fields(raw, transport)
         fields["name"] = name
         try:
-            if transport == "stdio":
-                return StdioServerConfig(**fields)
-            return HttpServerConfig(**fields)
+            server: ServerConfig = (StdioServerConfig if transport == "stdio" else HttpServerConfig)(**fields)
         except ConfigError as exc:
             # Report the field as the user spelled it ("headers", not "http_headers").
             raise _respelled(exc, spelled) from None
+        return see_through_connect(server) if isinstance(server, StdioServerConfig) else server
     except ConfigError as exc:
         raise exc.with_context(file=source, server=name) from None
 
@@ -555,15 +557,92 @@ def _apply_startup_ms(raw: Mapping[str, Any], fields: dict[str, Any], spelled: d
 
 
 def parse_servers(raw: Mapping[str, Any], *, source: str | None = None) -> McpConfig:
-    """A ``{name: {settings}}`` table as a config; the first bad server raises and nothing is returned."""
+    """A ``{name: {settings}}`` table as a config; the first bad server raises and nothing is returned.
+
+    An entry that only points at a broker (:class:`ConnectReference`) is kept in ``unusable``: a real definition of
+    that server in another file replaces it (see :func:`merge`).
+    """
     if not isinstance(raw, Mapping):
         raise ConfigError(f"servers must be a table of tables, got {_describe(raw)}", file=source)
     servers: dict[str, ServerConfig] = {}
+    unusable: dict[str, ConfigError] = {}
     for name, entry in raw.items():
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"invalid server name {name!r}", file=source)
-        servers[name] = parse_server(name, entry, source=source)
-    return McpConfig(servers, (source,) if source is not None else ())
+        try:
+            servers[name] = parse_server(name, entry, source=source)
+        except ConnectReference as reference:
+            unusable[name] = reference
+    return McpConfig(servers, (source,) if source is not None else (), unusable)
+
+
+# ---------------------------------------------------------------------------------------------- wrapped entries
+
+
+class ConnectReference(ConfigError):
+    """An entry that runs ``mcpshare connect NAME`` with no embedded command: it names a server of the broker's
+    configs (or of ``--config FILE``) instead of defining one. Kept so that a real definition elsewhere wins."""
+
+    def __init__(self, reason: str, *, target: str, config_file: str | None, **where: str | None) -> None:
+        super().__init__(reason, **where)
+        self.target = target
+        self.config_file = config_file
+
+    def with_context(
+        self, *, file: str | None = None, server: str | None = None, field: str | None = None
+    ) -> ConnectReference:
+        return ConnectReference(
+            self.reason,
+            target=self.target,
+            config_file=self.config_file,
+            file=self.file if self.file is not None else file,
+            server=self.server if self.server is not None else server,
+            field=self.field if self.field is not None else field,
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ConfigError, (self.reason,))  # pickled as the plain error it reads as
+
+
+def see_through_connect(server: StdioServerConfig) -> StdioServerConfig:
+    """The server an ``mcpshare connect`` entry stands for (what ``mcpshare wrap`` writes), else ``server`` itself.
+
+    ``mcpshare connect NAME [--env-keys A,B] [--share S] [--cwd D] -- CMD ARGS...`` is read as ``CMD ARGS...``:
+    whoever loads this config to *run* servers (the broker, a ThreadManager) must run the real server, never a shim
+    that would connect back to a broker. The entry's own fields stay (``env``, timeouts, tool filters...);
+    ``--env-keys`` names that are not in ``env`` become ``env_vars`` (the shim passes them through), ``--share``
+    sets ``share`` and ``--cwd`` is taken relative to the entry's ``cwd``. An entry with no embedded command raises
+    :class:`ConnectReference`.
+    """
+    try:
+        line = connect_line.parse_entry(server.command, server.args)
+    except connect_line.UsageError as exc:
+        raise ConfigError(f"runs `mcpshare connect` with invalid arguments: {exc}", field="args") from None
+    if line is None:
+        return server
+    if line.command is None:
+        where = (
+            f"the server {line.server!r} of {line.config}" if line.config else f"the broker's server {line.server!r}"
+        )
+        raise ConnectReference(
+            f"runs `mcpshare connect {line.server}` without the server's own command: it points at {where} "
+            "instead of defining one, and no other config defines this server",
+            target=line.server,
+            config_file=line.config,
+            field="args",
+        )
+    passed = tuple(key for key in line.env_keys if key not in server.env and key not in server.env_vars)
+    cwd = server.cwd
+    if line.cwd is not None:
+        cwd = line.cwd if cwd is None else os.path.join(cwd, line.cwd)
+    return dataclasses.replace(
+        server,
+        command=line.command[0],
+        args=tuple(line.command[1:]),
+        env_vars=server.env_vars + passed,
+        cwd=cwd,
+        share=line.share or server.share,  # type: ignore[arg-type]  # parse() checked it is a ShareScope
+    )
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -616,7 +695,8 @@ def load_mcp_json(
     configs = []
     for table in layers:
         expanded, unusable = _expand_servers(table, file, environ)
-        configs.append(dataclasses.replace(parse_servers(expanded, source=file), unusable=unusable))
+        parsed = parse_servers(expanded, source=file)
+        configs.append(dataclasses.replace(parsed, unusable={**parsed.unusable, **unusable}))
     return merge(*configs)
 
 
@@ -757,10 +837,12 @@ def merge(*configs: McpConfig) -> McpConfig:
     for config in configs:
         for name in config.servers:
             unusable.pop(name, None)
-        for name in config.unusable:
+        for name, error in config.unusable.items():
+            if isinstance(error, ConnectReference) and name in servers:
+                continue  # an entry pointing at a broker never hides a real definition
             servers.pop(name, None)
+            unusable[name] = error
         servers.update(config.servers)
-        unusable.update(config.unusable)
         sources.extend(config.sources)
     return McpConfig(servers, tuple(dict.fromkeys(sources)), unusable)
 

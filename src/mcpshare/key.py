@@ -22,7 +22,7 @@ from mcpshare.config import ShareScope, StdioServerConfig
 
 __all__ = ["PoolKey", "child_environment", "make_key"]
 
-_KEY_FORMAT = 1  # bump when the meaning of a field changes, so digests from older code never match
+_KEY_FORMAT = 2  # bump when the meaning of a field changes, so digests from older code never match
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -40,11 +40,15 @@ class PoolKey:
     scope: ShareScope
     instance: str | None = None
     sandbox: str | None = None
+    declared: tuple[str, ...] = ()
+    """Every variable name the config declares (``env`` and ``env_vars``), with a value in ``env`` or not: the
+    process gets exactly these from the key, and none of them from anywhere else."""
 
     def __post_init__(self) -> None:
         # Canonical forms whoever builds the key: equality must not depend on list-vs-tuple or env order.
         object.__setattr__(self, "args", tuple(self.args))
         object.__setattr__(self, "env", tuple(sorted((str(k), str(v)) for k, v in self.env)))
+        object.__setattr__(self, "declared", tuple(sorted({*self.declared, *(name for name, _ in self.env)})))
 
     def digest(self) -> str:
         """The sha256 (hex) of a canonical JSON of every field: a stable id for logs, sockets and status."""
@@ -57,6 +61,7 @@ class PoolKey:
             "scope": self.scope,
             "instance": self.instance,
             "sandbox": self.sandbox,
+            "declared": list(self.declared),
         }
         # ensure_ascii: os.environ may hold surrogate-escaped bytes that would not encode as UTF-8.
         text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -112,6 +117,7 @@ def make_key(
         scope=config.share,
         instance=instance if config.share == "thread" else None,
         sandbox=sandbox,
+        declared=(*config.env, *config.env_vars),
     )
 
 
@@ -149,7 +155,11 @@ def _resolve_command(command: str, path: str, base: str) -> str:
 
 
 def child_environment(key: PoolKey, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment a key's process gets: ``base`` (default ``os.environ``) with the key's env on top."""
-    environment = dict(os.environ if base is None else base)
+    """The environment a key's process gets: ``base`` (default ``os.environ``) without any name the config declares,
+    then the key's own values. So a declared variable the requester has no value for is absent, not whatever value
+    ``base`` happened to hold (a broker's base is the environment of whoever started it)."""
+    declared = set(key.declared)
+    source = os.environ if base is None else base
+    environment = {name: value for name, value in source.items() if name not in declared}
     environment.update(key.env)
     return environment

@@ -21,6 +21,7 @@ from mcpshare.config import (
     default_config_paths,
     load_config,
     merge,
+    see_through_connect,
 )
 
 
@@ -74,14 +75,23 @@ def server_config(hello: Mapping[str, Any], configs: ConfigSource) -> StdioServe
     if spec is not None:
         if not isinstance(spec, dict) or not isinstance(spec.get("command"), str):
             raise HelloError("'spec' must be an object with a 'command'")
+        env = spec.get("env") or {}
+        env_keys = spec.get("env_keys") or list(env)
+        if not isinstance(env, dict) or not isinstance(env_keys, list):
+            raise HelloError("'spec' has an invalid 'env' or 'env_keys'")
         try:
-            return StdioServerConfig(
-                name=name,
-                command=spec["command"],
-                args=tuple(spec.get("args") or ()),
-                env=spec.get("env") or {},
-                cwd=spec.get("cwd"),
-                share=spec.get("share") or "workspace",
+            # Declared names the client has no value for stay declared (env_vars), so no other value reaches the
+            # server under that name (see key.child_environment).
+            return see_through_connect(
+                StdioServerConfig(
+                    name=name,
+                    command=spec["command"],
+                    args=tuple(spec.get("args") or ()),
+                    env=env,
+                    env_vars=tuple(key for key in env_keys if key not in env),
+                    cwd=spec.get("cwd"),
+                    share=spec.get("share") or "workspace",
+                )
             )
         except (ConfigError, TypeError) as exc:
             raise HelloError(f"invalid server command: {exc}") from None

@@ -52,6 +52,10 @@ import tomlkit.exceptions
 from tomlkit.items import Array, String, StringType
 
 from mcpshare.config import ConfigError, DuplicateKeyError, unique_keys
+from mcpshare.connect_line import SHARE_SCOPES as _SHARE_SCOPES
+from mcpshare.connect_line import connect_index as _connect_index
+from mcpshare.connect_line import embedded_index as _embedded_index
+from mcpshare.connect_line import names_mcpshare as _names_mcpshare
 
 __all__ = [
     "BACKUP_SUFFIX",
@@ -69,9 +73,6 @@ BACKUP_SUFFIX = ".mcpshare-backup"
 """The original file, as it was before the first wrap: ``<file>.mcpshare-backup``."""
 SIDECAR_SUFFIX = ".mcpshare-backup.json"
 """Hashes tying the backup to the exact output wrap produced from it: ``<file>.mcpshare-backup.json``."""
-
-_SHARE_SCOPES = ("workspace", "global", "thread")
-_LAUNCHER_SUFFIXES = (".exe", ".cmd", ".bat", ".pyz", ".py")
 
 
 @dataclass
@@ -115,43 +116,6 @@ def default_mcpshare_command() -> list[str]:
         if script.is_file() and os.access(script, os.X_OK):
             return [str(script)]
     return [os.path.abspath(sys.executable), "-m", "mcpshare"]
-
-
-def _names_mcpshare(word: str) -> bool:
-    """Whether a word of a command line is mcpshare itself (a path to the script, ``mcpshare.exe``, ``-m mcpshare``)."""
-    base = word.replace("\\", "/").rsplit("/", 1)[-1].lower()
-    for suffix in _LAUNCHER_SUFFIXES:
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
-            break
-    return base == "mcpshare"
-
-
-def _connect_index(command: str, args: Sequence[str]) -> int | None:
-    """The index of ``connect`` in ``args`` when the command line runs ``mcpshare connect``, else None.
-
-    Recognized by shape, not by comparing with today's launcher: the venv may have moved, or the file may have been
-    wrapped by another mcpshare (``python -m mcpshare``, ``uvx mcpshare``...). Either way it must not be wrapped twice.
-    """
-    for index, arg in enumerate(args):
-        if arg == "connect" and _names_mcpshare(command if index == 0 else args[index - 1]):
-            return index
-    return None
-
-
-def _embedded_index(command: str, args: Sequence[str]) -> int | None:
-    """The index in ``args`` of the real command embedded after ``connect NAME ... --``, else None.
-
-    The shim takes the first ``--`` of its own arguments as the separator; so do we.
-    """
-    start = _connect_index(command, args)
-    if start is None:
-        return None
-    rest = list(args[start + 1 :])
-    if "--" not in rest:
-        return None
-    index = start + 1 + rest.index("--") + 1
-    return index if index < len(args) else None
 
 
 def is_wrapped(entry: Mapping[str, Any]) -> bool:
