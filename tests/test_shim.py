@@ -69,7 +69,14 @@ def test_hello_carries_only_the_declared_env_keys_in_the_spec() -> None:
         "mcpshare": runtime.PROTOCOL,
         "server": "gh",
         "config": None,
-        "spec": {"command": "server", "args": ["arg"], "env": {"TOKEN": "t"}, "cwd": None, "share": None},
+        "spec": {
+            "command": "server",
+            "args": ["arg"],
+            "env": {"TOKEN": "t"},
+            "env_keys": ["TOKEN", "ABSENT"],
+            "cwd": None,
+            "share": None,
+        },
         "cwd": "/work",
         "env": environ,
     }
@@ -87,12 +94,29 @@ def test_usage_and_help_exit_codes() -> None:
 # ---------------------------------------------------------------------------------------------- runtime directory
 
 
-def test_runtime_dir_choice(tmp_path: Path) -> None:
-    assert runtime.runtime_dir({"MCPSHARE_RUNTIME_DIR": "/x/y", "XDG_RUNTIME_DIR": str(tmp_path)}) == "/x/y"
-    assert runtime.runtime_dir({"XDG_RUNTIME_DIR": str(tmp_path)}) == str(tmp_path / "mcpshare")
-    fallback = f"/var/tmp/mcpshare-{os.getuid()}"
-    assert runtime.runtime_dir({"XDG_RUNTIME_DIR": "/does/not/exist", "TMPDIR": "/var/tmp"}) == fallback
-    assert runtime.runtime_dir({}) == f"/tmp/mcpshare-{os.getuid()}"
+def test_runtime_dir_depends_on_the_uid_alone(tmp_path: Path) -> None:
+    """Hosts pass their servers different environments (Codex drops XDG_RUNTIME_DIR, the SDK drops TMPDIR): every
+    one of them must find the same directory, so only MCPSHARE_RUNTIME_DIR is read from the environment."""
+    uid = os.getuid()
+    run_user, tmp = tmp_path / "run-user", tmp_path / "tmp"
+    tmp.mkdir()
+    roots = {"uid": uid, "run_user": str(run_user), "tmp": str(tmp)}
+    environments = [
+        {},
+        {"XDG_RUNTIME_DIR": str(tmp_path), "TMPDIR": "/var/tmp"},
+        {"XDG_RUNTIME_DIR": "/does/not/exist", "TMPDIR": str(tmp_path), "TEMP": "/x", "TMP": "/y"},
+    ]
+    assert {runtime.runtime_dir(env, **roots) for env in environments} == {str(tmp / f"mcpshare-{uid}")}
+    (run_user / str(uid)).mkdir(parents=True, mode=0o700)  # a login session: /run/user/<uid> exists, ours
+    assert {runtime.runtime_dir(env, **roots) for env in environments} == {str(run_user / str(uid) / "mcpshare")}
+    (run_user / str(uid)).chmod(0o777)  # not private: not used
+    assert runtime.runtime_dir({}, **roots) == str(tmp / f"mcpshare-{uid}")
+    explicit = {"MCPSHARE_RUNTIME_DIR": "/x/y", "XDG_RUNTIME_DIR": str(tmp_path)}
+    assert runtime.runtime_dir(explicit, **roots) == "/x/y"
+    # The real roots: /run/user/<uid> when the login has it, else one fixed place under /tmp, never $TMPDIR.
+    session = Path(f"/run/user/{uid}")
+    expected = session / "mcpshare" if session.is_dir() and session.stat().st_uid == uid else f"/tmp/mcpshare-{uid}"
+    assert runtime.runtime_dir({"TMPDIR": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path)}) == str(expected)
 
 
 def test_ensure_runtime_dir_creates_private_dirs_and_refuses_unsafe_ones(tmp_path: Path) -> None:
@@ -100,8 +124,13 @@ def test_ensure_runtime_dir_creates_private_dirs_and_refuses_unsafe_ones(tmp_pat
     runtime.ensure_runtime_dir(str(fresh))
     assert (fresh.stat().st_mode & 0o777) == 0o700
     fresh.chmod(0o755)
-    runtime.ensure_runtime_dir(str(fresh))  # ours but too open: tightened
+    runtime.ensure_runtime_dir(str(fresh))  # ours and readable by others, but nobody else could write: tightened
     assert (fresh.stat().st_mode & 0o777) == 0o700
+    fresh.chmod(0o777)  # others could have put a socket of their own in it: refused, and left as it is
+    with pytest.raises(runtime.RuntimeDirError, match="has mode 0777: others may write to it"):
+        runtime.ensure_runtime_dir(str(fresh))
+    assert (fresh.stat().st_mode & 0o777) == 0o777
+    fresh.chmod(0o700)
     link = tmp_path / "link"
     link.symlink_to(fresh)
     with pytest.raises(runtime.RuntimeDirError, match="not a directory"):
@@ -170,7 +199,7 @@ def test_the_shim_path_imports_only_the_standard_library() -> None:
     tops = {name.split(".")[0] for name in modules}
     assert not tops & HEAVY
     ours = {name for name in modules if name.split(".")[0] == "mcpshare"}
-    assert ours == {"mcpshare", "mcpshare.entry", "mcpshare.shim", "mcpshare.runtime"}
+    assert ours == {"mcpshare", "mcpshare.entry", "mcpshare.shim", "mcpshare.runtime", "mcpshare.connect_line"}
     site_extras = {"__main__", "_distutils_hack", "sitecustomize", "usercustomize", "_virtualenv"}
     assert tops - {"mcpshare"} - site_extras <= set(sys.stdlib_module_names)
     assert "re" not in modules  # the wire codec avoids json's import of re (~1 MB)
@@ -251,11 +280,14 @@ async def test_an_unusable_runtime_dir_falls_back_too(
 ) -> None:
     if problem == "under-a-file":
         (tmp_path / "a-file").write_text("")
-        directory, expected = tmp_path / "a-file" / "run", "cannot connect to the broker at"
+        directory, expected = (
+            tmp_path / "a-file" / "run",
+            "cannot use the runtime directory: [Errno 20] Not a directory",
+        )
     else:
         if os.geteuid() != 0:
             pytest.skip("giving a directory to another uid needs root")
-        directory, expected = tmp_path / "foreign", "cannot start the mcpshare broker: [Errno 1] the mcpshare runtime"
+        directory, expected = tmp_path / "foreign", "cannot use the runtime directory: [Errno 1] the mcpshare runtime"
         directory.mkdir(mode=0o700)
         os.chown(directory, 65534, 65534)
     errlog = tmp_path / "stderr"

@@ -4,10 +4,18 @@ Shared by the broker (``mcpshare serve``), the shim (``mcpshare connect``) and t
 only the standard library, and only cheap modules (no pathlib, typing, dataclasses or subprocess), because the shim
 imports it and the shim's start-up time is paid once per client per server.
 
-The runtime directory is private to the user: ``$MCPSHARE_RUNTIME_DIR`` if set (tests use it, so they never touch
-the user's real broker), else ``$XDG_RUNTIME_DIR/mcpshare``, else ``<tmp>/mcpshare-<uid>``. It must be a real
-directory (not a symlink) owned by us with mode 0700: under a shared /tmp anyone could have created it first, and
-whoever owns the directory could put a socket of their own in it and read every message our clients send.
+The runtime directory is private to the user, and every client of one user must find the same one whatever
+environment its host gives it: Codex passes its servers only a handful of variables (not ``XDG_RUNTIME_DIR``), the
+MCP Python SDK's stdio client even fewer, Claude Code all of them. A directory derived from ``XDG_RUNTIME_DIR`` or
+``TMPDIR`` would make two brokers, each with its own copy of every server. So it is derived from the uid alone:
+
+* ``$MCPSHARE_RUNTIME_DIR`` when set (tests use it; a user who wants the broker elsewhere sets it for every host);
+* else ``/run/user/<uid>/mcpshare`` when ``/run/user/<uid>`` exists and is ours (every systemd login has it);
+* else ``/tmp/mcpshare-<uid>``: one fixed place, never ``$TMPDIR`` (which some hosts pass and others do not).
+
+It must be a real directory (not a symlink) owned by us that nobody else can write to: under a shared /tmp anyone
+could have created it first, and whoever can write in it could put a socket of their own there and read every
+message our clients send. A directory that fails these checks is an error naming the fix, never used.
 
 It holds:
 
@@ -32,11 +40,13 @@ Wire protocol (version :data:`PROTOCOL`), one JSON object per line, UTF-8:
 
 from __future__ import annotations
 
+import _socket  # the C module: socket.py imports enum, selectors and more, which the shim does not need
 import errno
 import fcntl
 import os
 import stat
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterable, Mapping
 
 PROTOCOL = 1
 """Version of the hello/control protocol; a broker refuses a hello of another version with a clear error."""
@@ -60,17 +70,32 @@ class RuntimeDirError(OSError):
     """The runtime directory cannot be used safely (wrong owner or mode, not a directory, path too long)."""
 
 
-def runtime_dir(environ: Mapping[str, str] | None = None) -> str:
-    """The runtime directory for this user (not created; see :func:`ensure_runtime_dir`)."""
+def runtime_dir(
+    environ: Mapping[str, str] | None = None, *, uid: int | None = None, run_user: str = "/run/user", tmp: str = "/tmp"
+) -> str:
+    """The runtime directory for this user (not created; see :func:`ensure_runtime_dir`).
+
+    Only ``$MCPSHARE_RUNTIME_DIR`` is read from ``environ``; everything else follows from the uid. ``run_user`` and
+    ``tmp`` are the system's fixed roots (parameters so that the rule itself can be tested).
+    """
     env = os.environ if environ is None else environ
     explicit = env.get(ENV_RUNTIME_DIR)
     if explicit:
         return os.path.abspath(explicit)
-    xdg = env.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
-        return os.path.join(xdg, "mcpshare")
-    tmp = env.get("TMPDIR") or env.get("TEMP") or env.get("TMP") or "/tmp"
-    return os.path.join(tmp, f"mcpshare-{os.getuid()}")
+    uid = os.getuid() if uid is None else uid
+    session_dir = os.path.join(run_user, str(uid))
+    if _private_to(session_dir, uid):
+        return os.path.join(session_dir, "mcpshare")
+    return os.path.join(tmp, f"mcpshare-{uid}")
+
+
+def _private_to(path: str, uid: int) -> bool:
+    """Whether ``path`` is a real directory owned by ``uid`` that no one else may write to."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o022
 
 
 class RuntimePaths:
@@ -96,8 +121,9 @@ class RuntimePaths:
 def ensure_runtime_dir(directory: str) -> str:
     """Create ``directory`` (mode 0700) if needed and check that it is ours and private; return it.
 
-    An existing directory that is ours but too open is tightened to 0700; one owned by another user, or a symlink,
-    is refused with :class:`RuntimeDirError`: we would otherwise talk to whoever controls it.
+    Refused with :class:`RuntimeDirError` (whose message says how to fix it): a symlink or a non-directory, a
+    directory owned by another user, or one that others may write to (someone could have put a socket of their own
+    in it). One that is ours and only readable by others is tightened to 0700: nobody else can have written in it.
     """
     parent = os.path.dirname(directory)
     if parent and not os.path.isdir(parent):
@@ -106,16 +132,33 @@ def ensure_runtime_dir(directory: str) -> str:
         os.mkdir(directory, 0o700)
     except FileExistsError:
         pass
+    return check_runtime_dir(directory)
+
+
+def check_runtime_dir(directory: str) -> str:
+    """The checks of :func:`ensure_runtime_dir` on an existing directory (FileNotFoundError if there is none)."""
+    elsewhere = f"remove it, or set {ENV_RUNTIME_DIR} to a private directory for every MCP client"
     info = os.lstat(directory)
     if not stat.S_ISDIR(info.st_mode):
         raise RuntimeDirError(
-            errno.ENOTDIR, "the mcpshare runtime path is not a directory (or is a symlink)", directory
+            errno.ENOTDIR, f"the mcpshare runtime path is not a directory (or is a symlink): {elsewhere}", directory
         )
     if info.st_uid != os.getuid():
         raise RuntimeDirError(
-            errno.EPERM, f"the mcpshare runtime directory belongs to uid {info.st_uid}, not to us", directory
+            errno.EPERM,
+            f"the mcpshare runtime directory belongs to uid {info.st_uid}, not to us (uid {os.getuid()}): "
+            f"set {ENV_RUNTIME_DIR} to a private directory for every MCP client",
+            directory,
         )
-    if stat.S_IMODE(info.st_mode) != 0o700:
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        raise RuntimeDirError(
+            errno.EPERM,
+            f"the mcpshare runtime directory has mode {mode:04o}: others may write to it, so a socket in it cannot "
+            f"be trusted; {elsewhere}",
+            directory,
+        )
+    if mode != 0o700:
         os.chmod(directory, 0o700)
     socket_path = os.path.join(directory, SOCKET_NAME)
     if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
@@ -125,6 +168,57 @@ def ensure_runtime_dir(directory: str) -> str:
             socket_path,
         )
     return directory
+
+
+# ------------------------------------------------------------------------------------------ the broker's environment
+
+HOST_SESSION_VARIABLES = frozenset(
+    {"PWD", "OLDPWD", "_", "SHLVL", "CLAUDECODE", "CLAUDE_PROJECT_DIR", "AI_AGENT", "TERM_SESSION_ID", "WINDOWID"}
+)
+"""Variables that describe one client's session (its shell, its Claude Code session and project), not the user."""
+HOST_SESSION_PREFIXES = ("CLAUDE_CODE_", "CODEX_", "VSCODE_", "CURSOR_")
+"""Prefixes of the hosts' own per-session variables (session ids, IPC sockets, notes directories)."""
+_TEMP_ROOTS = ("/tmp", "/var/tmp", "/private/tmp", "/private/var/tmp", "/private/var/folders", "/var/folders")
+
+
+def broker_environment(environ: Mapping[str, str], server_keys: Iterable[str] = ()) -> dict[str, str]:
+    """The environment a broker keeps from the client that starts it: the base of every server it will run.
+
+    A broker lives on after that client and serves every other one, so it keeps only what belongs to the user:
+
+    * not ``server_keys``, the variables the starting client's own server declares (its ``env``, ``env_vars``):
+      they are that server's, and another server must never see them (each server gets exactly the variables
+      its own config declares, with the values of the client that asked for it);
+    * not the hosts' per-session variables (:data:`HOST_SESSION_VARIABLES`, :data:`HOST_SESSION_PREFIXES`);
+    * not the ``PATH`` entries that die with the host: temporary directories (Codex puts one of
+      ``$CODEX_HOME/tmp/`` first), relative entries and ones that do not exist.
+    """
+    drop = set(server_keys)
+    kept = {
+        name: value
+        for name, value in environ.items()
+        if name not in drop and name not in HOST_SESSION_VARIABLES and not name.startswith(HOST_SESSION_PREFIXES)
+    }
+    if "PATH" in kept:
+        kept["PATH"] = lasting_path(kept["PATH"], environ.get("TMPDIR"))
+    return kept
+
+
+def lasting_path(path: str, tmpdir: str | None = None, temp_roots: Iterable[str] = _TEMP_ROOTS) -> str:
+    """``path`` without the entries that will not outlive the client: see :func:`broker_environment`."""
+    roots = [*temp_roots, *([tmpdir.rstrip("/")] if tmpdir and os.path.isabs(tmpdir) else [])]
+    kept: list[str] = []
+    for entry in path.split(os.pathsep):
+        if not os.path.isabs(entry) or entry in kept or not os.path.isdir(entry):
+            continue
+        normal = os.path.normpath(entry)
+        if any(normal == root or normal.startswith(root + "/") for root in roots if root):
+            continue
+        parts = normal.split("/")
+        if any(part.lower() in ("tmp", "temp") and parts[i - 1].startswith(".") for i, part in enumerate(parts) if i):
+            continue  # an application's own temporary directory, such as ~/.codex/tmp
+        kept.append(entry)
+    return os.pathsep.join(kept)
 
 
 # ---------------------------------------------------------------------------------------------- the broker lock
@@ -178,6 +272,18 @@ def broker_pid(path: str) -> int | None:
         return int(text) if text else None
     except (OSError, ValueError):
         return None
+
+
+def peer_uid(sock: _socket.socket) -> int | None:
+    """The uid of the process at the other end of a connected Unix socket, where the OS tells (Linux); else None."""
+    option = getattr(_socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    try:
+        data = sock.getsockopt(_socket.SOL_SOCKET, option, 12)
+    except OSError:
+        return None
+    return int.from_bytes(data[4:8], sys.byteorder)  # struct ucred {pid_t pid; uid_t uid; gid_t gid}
 
 
 # ---------------------------------------------------------------------------------------------- wire helpers

@@ -33,8 +33,14 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Callable
 
 from mcpshare import runtime
+from mcpshare.connect_line import ConnectLine, HelpRequested, UsageError, parse
+
+TYPE_CHECKING = False  # typing is not imported: the shim stays cheap
+if TYPE_CHECKING:
+    from mcpshare.config import StdioServerConfig
 
 USAGE = """\
 usage: mcpshare connect NAME [--config FILE] [--no-autostart]
@@ -65,16 +71,7 @@ HELLO_TIMEOUT = 180.0
 by default, longer for a first ``npx`` download), so this only catches a broker that hangs."""
 RESPAWN_INTERVAL = 3.0
 """Seconds between two autostart attempts of one shim, while no broker holds the lock."""
-SHARE_SCOPES = ("workspace", "global", "thread")
 CHUNK = 65536
-
-
-class UsageError(Exception):
-    """Bad command line."""
-
-
-class HelpRequested(Exception):
-    """``-h`` or ``--help`` (before ``--``: after it, they belong to the server)."""
 
 
 class BrokerUnavailable(Exception):
@@ -85,70 +82,18 @@ class NoBroker(BrokerUnavailable):
     """Nothing listens on the socket (and we were not to start a broker)."""
 
 
-class Request:
-    """What the command line asked for."""
+class BrokerRefused(Exception):
+    """The broker was reached and answered that it cannot serve this server (it failed to start, or its config is
+    wrong): running it directly would fail the same way, so the shim says why and exits non-zero."""
 
-    __slots__ = ("autostart", "command", "config", "cwd", "env_keys", "server", "share")
 
-    def __init__(self) -> None:
-        self.server = ""
-        self.config: str | None = None
-        self.command: list[str] | None = None
-        self.env_keys: list[str] = []
-        self.share: str | None = None
-        self.cwd: str | None = None
-        self.autostart = True
+Request = ConnectLine
 
 
 def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> Request:
     """The command line as a :class:`Request`; :class:`UsageError` with a one-line reason otherwise."""
     env = os.environ if environ is None else environ
-    args = list(argv)
-    request = Request()
-    if "--" in args:
-        split = args.index("--")
-        request.command = args[split + 1 :]
-        args = args[:split]
-        if not request.command:
-            raise UsageError("'--' must be followed by the server's command")
-    positional: list[str] = []
-    items = iter(args)
-    for arg in items:
-        if arg in ("-h", "--help"):
-            raise HelpRequested
-        if not arg.startswith("--"):
-            positional.append(arg)
-            continue
-        name, has_value, value = arg[2:].partition("=")
-        if name == "no-autostart":
-            request.autostart = False
-            continue
-        if name not in ("config", "env-keys", "share", "cwd"):
-            raise UsageError(f"unknown option --{name}")
-        if not has_value:
-            following = next(items, None)
-            if following is None:
-                raise UsageError(f"--{name} needs a value")
-            value = following
-        if name == "config":
-            request.config = value
-        elif name == "env-keys":
-            request.env_keys = [key for key in value.split(",") if key]
-        elif name == "share":
-            if value not in SHARE_SCOPES:
-                raise UsageError(f"--share must be one of {', '.join(SHARE_SCOPES)}, got {value!r}")
-            request.share = value
-        else:
-            request.cwd = value
-    if len(positional) != 1:
-        if not positional:
-            raise UsageError("the server NAME is missing")
-        raise UsageError(f"unexpected argument {positional[1]!r} (put the server's command after --)")
-    request.server = positional[0]
-    if request.command is None and (request.env_keys or request.share or request.cwd):
-        raise UsageError("--env-keys, --share and --cwd describe an embedded command: give it after --")
-    if request.command is not None and request.config is not None:
-        raise UsageError("give either --config FILE or a command after --, not both")
+    request = parse(argv)
     if env.get(ENV_NO_AUTOSTART, "") not in ("", "0"):
         request.autostart = False
     return request
@@ -181,6 +126,7 @@ def build_hello(request: Request, *, cwd: str, environ: dict[str, str], pass_std
             "command": request.command[0],
             "args": request.command[1:],
             "env": {key: environ[key] for key in request.env_keys if key in environ},
+            "env_keys": request.env_keys,
             "cwd": request.cwd,
             "share": request.share,
         }
@@ -201,22 +147,38 @@ def build_hello(request: Request, *, cwd: str, environ: dict[str, str], pass_std
 # ---------------------------------------------------------------------------------------------- reaching the broker
 
 
-def open_connection(paths: runtime.RuntimePaths, *, autostart: bool, timeout: float) -> _socket.socket:
+def open_connection(
+    paths: runtime.RuntimePaths, *, autostart: bool, timeout: float, server_keys: Callable[[], list[str]] | None = None
+) -> _socket.socket:
     """A connected socket to the broker, starting one if allowed; :class:`BrokerUnavailable` otherwise.
 
     Connection attempts back off from 5 ms to 100 ms; a broker is (re)started only while nobody holds the broker
     lock, and at most every :data:`RESPAWN_INTERVAL` seconds, so a crowd of shims does not fork a crowd of brokers.
+    A broker we start gets our environment without ``server_keys()`` (see :func:`runtime.broker_environment`).
+
+    Before anything is sent, the runtime directory is checked (ours, private) and so is the process at the other
+    end of the socket (our uid): the hello carries our environment, which is nobody else's business.
     """
     deadline = time.monotonic() + timeout
     delay = 0.005
     last_spawn: float | None = None
     while True:
+        try:
+            runtime.check_runtime_dir(paths.directory)
+        except FileNotFoundError:
+            pass  # no broker ever ran here: nothing to connect to yet
+        except OSError as exc:
+            raise BrokerUnavailable(f"cannot use the runtime directory: {exc}") from None
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(paths.socket)
+            _check_peer(sock, paths)
             return sock
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
+        except BrokerUnavailable:
+            sock.close()
+            raise
         except OSError as exc:
             sock.close()
             raise BrokerUnavailable(f"cannot connect to the broker at {paths.socket}: {exc.strerror or exc}") from None
@@ -228,12 +190,18 @@ def open_connection(paths: runtime.RuntimePaths, *, autostart: bool, timeout: fl
         if (last_spawn is None or now - last_spawn >= RESPAWN_INTERVAL) and not _lock_held(paths):
             try:
                 runtime.ensure_runtime_dir(paths.directory)
-                start_broker(paths)
+                start_broker(paths, runtime.broker_environment(os.environ, server_keys() if server_keys else ()))
             except OSError as exc:
                 raise BrokerUnavailable(f"cannot start the mcpshare broker: {exc}") from None
             last_spawn = now
         time.sleep(min(delay, max(deadline - now, 0.0)))
         delay = min(delay * 2, 0.1)
+
+
+def _check_peer(sock: _socket.socket, paths: runtime.RuntimePaths) -> None:
+    uid = runtime.peer_uid(sock)
+    if uid is not None and uid != os.getuid():
+        raise BrokerUnavailable(f"the process listening on {paths.socket} runs as uid {uid}, not as us; not using it")
 
 
 def _lock_held(paths: runtime.RuntimePaths) -> bool:
@@ -248,8 +216,9 @@ def broker_command() -> list[str]:
     return [sys.executable, "-P", "-m", "mcpshare", "serve", "--autostarted"]
 
 
-def start_broker(paths: runtime.RuntimePaths) -> None:
-    """Start a detached broker: double fork, new session, stdio on /dev/null and its stderr on the log file.
+def start_broker(paths: runtime.RuntimePaths, environ: dict[str, str] | None = None) -> None:
+    """Start a detached broker: double fork, new session, stdio on /dev/null and its stderr on the log file, and
+    ``environ`` (default: ours) for its environment.
 
     Detached so it outlives this client and is nobody's child to reap; inheritable descriptors the client gave us
     are closed, or the broker would hold the client's pipes open forever. A failed exec is reported through a
@@ -262,7 +231,7 @@ def start_broker(paths: runtime.RuntimePaths) -> None:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             os.close(status_r)
-            _exec_detached(argv, log_fd, status_w)
+            _exec_detached(argv, log_fd, status_w, dict(os.environ) if environ is None else environ)
         os.close(status_w)
         status_w = -1
         os.waitpid(pid, 0)
@@ -276,7 +245,9 @@ def start_broker(paths: runtime.RuntimePaths) -> None:
         raise OSError(f"cannot run {argv[0]!r}: {failure.decode(errors='replace')}")
 
 
-def _exec_detached(argv: list[str], log_fd: int, status_fd: int) -> None:  # pragma: no cover - a forked child
+def _exec_detached(
+    argv: list[str], log_fd: int, status_fd: int, environ: dict[str, str]
+) -> None:  # pragma: no cover - a forked child
     try:
         os.setsid()
         if os.fork() != 0:
@@ -291,7 +262,7 @@ def _exec_detached(argv: list[str], log_fd: int, status_fd: int) -> None:  # pra
             os.chdir(os.path.expanduser("~"))  # not the client's cwd: a broker must not pin a project directory
         except OSError:
             os.chdir("/")
-        os.execv(argv[0], argv)
+        os.execve(argv[0], argv, environ)
     except BaseException as exc:
         try:
             os.write(status_fd, str(exc).encode(errors="replace")[:256])
@@ -454,6 +425,18 @@ def hand_over(sock: _socket.socket, leftover: bytes, *, server: str, log: str) -
     return _lost(server, log, str(ending.get("error") or "no reason given"))
 
 
+def server_keys(request: Request, *, cwd: str) -> list[str]:
+    """The variables that belong to our own server (its config's ``env`` and ``env_vars``), which a broker we
+    start must not keep for everyone else. Asked only when we start one: reading a config costs milliseconds."""
+    if request.command is not None:
+        return list(request.env_keys)
+    try:
+        server = _server_from_config(request, cwd=cwd)
+    except LookupError:
+        return []
+    return [*server.env, *server.env_vars]
+
+
 # ---------------------------------------------------------------------------------------------- fallback
 
 
@@ -492,9 +475,19 @@ def _direct_command(request: Request, *, cwd: str) -> tuple[list[str], dict[str,
 
 
 def _command_from_config(request: Request, *, cwd: str) -> tuple[list[str], dict[str, str], str | None]:
-    """The server's command from its config file (or the user's default configs), as the broker would read it.
+    """The server's command from its config file (or the user's default configs), as the broker would read it."""
+    server = _server_from_config(request, cwd=cwd)
+    env = dict(os.environ)
+    env.update(server.env)
+    workdir = os.path.join(cwd, server.cwd) if server.cwd else None
+    return [server.command, *server.args], env, workdir
 
-    Only on the fallback path: mcpshare.config is standard-library only, but it costs a few milliseconds.
+
+def _server_from_config(request: Request, *, cwd: str) -> StdioServerConfig:
+    """Server NAME of ``--config FILE`` or of the user's default configs; LookupError saying why not.
+
+    Only off the hot path (fallback, starting a broker): mcpshare.config is standard-library only, but it costs a
+    few milliseconds.
     """
     from pathlib import Path
 
@@ -511,10 +504,7 @@ def _command_from_config(request: Request, *, cwd: str) -> tuple[list[str], dict
         raise LookupError(str(exc).strip("\"'")) from None
     if not isinstance(server, StdioServerConfig):
         raise LookupError(f"{request.server!r} is a Streamable HTTP server; point the client at {server.url} directly")
-    env = dict(os.environ)
-    env.update(server.env)
-    workdir = os.path.join(cwd, server.cwd) if server.cwd else None
-    return [server.command, *server.args], env, workdir
+    return server
 
 
 def _display(argv: list[str]) -> str:
@@ -535,12 +525,17 @@ def connect(
         timeout = float(os.environ.get(ENV_CONNECT_TIMEOUT) or DEFAULT_CONNECT_TIMEOUT)
     except ValueError:
         timeout = DEFAULT_CONNECT_TIMEOUT
-    sock = open_connection(paths, autostart=request.autostart, timeout=timeout)
+    sock = open_connection(
+        paths, autostart=request.autostart, timeout=timeout, server_keys=lambda: server_keys(request, cwd=cwd)
+    )
     try:
         hello = build_hello(request, cwd=cwd, environ=dict(os.environ), pass_stdio=pass_stdio)
         answer, leftover = handshake(sock, hello, timeout=HELLO_TIMEOUT)
         if answer.get("ok") is not True:
-            raise BrokerUnavailable(f"the broker refused {request.server!r}: {answer.get('error', 'no reason given')}")
+            reason = str(answer.get("error") or "no reason given")
+            if answer.get("fallback") is True:  # the broker cannot take anyone right now (a limit, a version)
+                raise BrokerUnavailable(f"the broker cannot serve {request.server!r} now: {reason}")
+            raise BrokerRefused(reason)
     except BaseException:
         sock.close()
         raise
@@ -563,6 +558,9 @@ def main(argv: list[str]) -> int:
         sock, leftover, handed = connect(request, paths=paths, cwd=cwd, pass_stdio=can_pass_stdio())
     except BrokerUnavailable as exc:
         return fallback(request, str(exc), cwd=cwd)
+    except BrokerRefused as exc:
+        sys.stderr.write(f"mcpshare connect: {exc}\n")
+        return 1
     except KeyboardInterrupt:
         return 130
     try:
