@@ -25,9 +25,10 @@ stdout at /dev/null, so the owner knows we are running and we hold none of its p
 
 Exec trampoline mode::
 
-    python -I -S _guardian.py --exec <owner-pid> <status-fd> <argv...>
+    python -I -S _guardian.py --exec <owner-pid> <status-fd> [--nofile N] <argv...>
 
-This sets ``PR_SET_PDEATHSIG(SIGKILL)`` and then execs ``argv``, so the direct child of the owner dies when the
+This sets ``PR_SET_PDEATHSIG(SIGKILL)`` (and, with ``--nofile``, the soft limit of open files: a broker raises its
+own, its servers start with the usual one) and then execs ``argv``, so the direct child of the owner dies when the
 owner's forking thread dies. It replaces ``preexec_fn``, which runs Python between fork and exec and is unsafe in
 a threaded parent (and which anyio does not expose anyway). If exec fails we write the errno to <status-fd> and
 exit 127. On success the fd, marked close-on-exec, closes silently: the owner reads EOF.
@@ -192,6 +193,16 @@ def _set_parent_death_signal(sig: int) -> None:
         pass
 
 
+def _set_soft_fd_limit(soft: int) -> None:
+    try:
+        import resource
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, hard), hard))
+    except (ImportError, ValueError, OSError):
+        pass  # the command starts with ours: what it would have had without us
+
+
 def exec_with_pdeathsig(owner: int, status_fd: int, argv: list[str]) -> int:
     """Set PR_SET_PDEATHSIG, check the owner is still our parent, exec ``argv``. Returns only if exec failed."""
     os.set_inheritable(status_fd, False)  # closes on exec; EOF on it tells the owner exec succeeded
@@ -218,10 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line by hand: importing argparse would cost more than the rest of our startup."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--exec"]:
-        if len(args) < 4:
-            print("usage: _guardian.py --exec <owner-pid> <status-fd> <argv...>", file=sys.stderr)
+        command = args[3:]
+        if command[:1] == ["--nofile"] and len(command) > 2:
+            _set_soft_fd_limit(int(command[1]))
+            command = command[2:]
+        if len(args) < 4 or not command:
+            print("usage: _guardian.py --exec <owner-pid> <status-fd> [--nofile N] <argv...>", file=sys.stderr)
             return 2
-        return exec_with_pdeathsig(int(args[1]), int(args[2]), args[3:])
+        return exec_with_pdeathsig(int(args[1]), int(args[2]), command)
     grace = 1.0
     if args[:1] == ["--grace"] and len(args) == 2:
         grace = float(args[1])

@@ -23,6 +23,7 @@ clients share processes.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import logging.handlers
 import os
@@ -57,12 +58,26 @@ ENV_EXIT_IDLE = "MCPSHARE_BROKER_EXIT_IDLE"
 ENV_UVLOOP = "MCPSHARE_UVLOOP"
 """``0`` runs the broker on asyncio's own event loop even where uvloop is installed."""
 AUTOSTART_EXIT_IDLE = 600.0
-HELLO_TIMEOUT = 10.0
+HELLO_TIMEOUT = 5.0
+"""Seconds a new connection has to send its hello (a shim sends it at once); then it is closed."""
+MAX_PENDING_HELLOS = 128
+"""Connections still owing their hello; beyond, the oldest is closed to make room (a flood evicts itself)."""
+FD_RESERVE = 64
+"""File descriptors kept free: with fewer left, new clients are refused (their shims run the server directly) so
+the sessions the broker has never lose a descriptor they need."""
+FD_PER_SESSION = 32
+"""Descriptors a new session may need: its handed-over stdin/stdout and, when it starts a server, that server's
+pipes, pidfd and trampoline."""
 CLIENT_BUFFER_LIMIT = 8 * 1024 * 1024
 """Bytes the broker keeps for a client that does not read its stdout; beyond, its session ends (queue overflow)."""
 CLIENT_LINE_LINGER = 2.0
 """Seconds an ending session still waits for its client to take the rest of a line it has begun to read."""
 PARSE_ERROR = -32700
+
+
+class Refusal(HelloError):
+    """A request the broker cannot serve *now* (a resource limit, another protocol version): the shim should run its
+    server directly instead, unlike for a :class:`HelloError`, where running it directly would fail the same way."""
 
 
 class BrokerRunning(RuntimeError):
@@ -105,7 +120,7 @@ def check_hello(hello: Mapping[str, Any]) -> None:
     """Reject hellos of another protocol version or with fields of the wrong type, with a precise message."""
     version = hello.get("mcpshare")
     if version != runtime.PROTOCOL:
-        raise HelloError(
+        raise Refusal(
             f"protocol mismatch: this broker speaks mcpshare protocol {runtime.PROTOCOL}, the client {version!r} "
             "(restart the broker with `mcpshare stop`; the next client starts a new one)"
         )
@@ -164,6 +179,82 @@ def tree_rss(pid: int | None) -> int | None:
         return None
 
 
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_TRANSIENT_ACCEPT_ERRORS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EINTR, errno.EAGAIN})
+
+
+def raise_fd_limit() -> tuple[int, int, int | None]:
+    """Raise the soft limit of open files to the hard one; (soft before, soft now, hard or None for unlimited).
+
+    Every shim session holds three descriptors in the broker (its socket and the client's two pipes) and every
+    server three more: at the usual soft limit of 1024 about 300 clients would exhaust it, while the hard limit is
+    usually far higher. macOS refuses a soft limit above OPEN_MAX even when the hard one is unlimited.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    for target in (hard, 10240 if hard == unlimited else min(hard, 10240)):
+        if target == unlimited or target <= soft:
+            continue
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return soft, target, None if hard == unlimited else hard
+        except (ValueError, OSError):
+            continue
+    return soft, soft, None if hard == unlimited else hard
+
+
+def _soft_fd_limit() -> int | None:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+_FD_DIRS = ("/proc/self/fd", "/dev/fd")
+
+
+def _open_fd_count() -> int | None:
+    """How many descriptors this process has open (None where the OS does not list them)."""
+    for directory in _FD_DIRS:
+        try:
+            return len(os.listdir(directory)) - 1  # the listing's own descriptor
+        except OSError:
+            continue
+    return None
+
+
+def _open_spare() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+class _Tally:
+    """Counts a repeated event and logs it at most every few seconds: a flood must not flood the log too."""
+
+    INTERVAL = 5.0
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self.count = 0
+        self.total = 0
+        self.last_reason = ""
+        self.logged_at = 0.0
+
+    def add(self, reason: str) -> None:
+        self.count += 1
+        self.total += 1
+        self.last_reason = reason
+        now = time.monotonic()
+        if now - self.logged_at >= self.INTERVAL:
+            logger.warning(self.template, self.count, self.last_reason)
+            self.count = 0
+            self.logged_at = now
+
+
 class Broker:
     """Accepts shim and control connections and serves them from one pool."""
 
@@ -179,6 +270,11 @@ class Broker:
         self.started = time.monotonic()
         self.http_url: str | None = None
         self._next_id = 0
+        self.fd_limit = _soft_fd_limit()
+        self._pending_hellos: dict[int, anyio.CancelScope] = {}
+        self._promised = 0
+        self._refusals = _Tally("refused %d new client(s): %s")
+        self._dropped = _Tally("closed %d connection(s) that sent no hello: %s")
 
     def request_stop(self, reason: str) -> None:
         if not self.stop_requested.is_set():
@@ -186,6 +282,76 @@ class Broker:
             self.stop_requested.set()
 
     # ------------------------------------------------------------------ connections
+
+    async def serve_socket(
+        self, listener: anyio.abc.SocketListener, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Accept connections until cancelled. Running out of file descriptors never ends the broker: the new
+        client gets a refusal (its shim runs the server directly) and the sessions already served go on."""
+        raw = listener.extra(anyio.abc.SocketAttribute.raw_socket)
+        spare: int | None = _open_spare()
+        backoff = 0.0
+        async with anyio.create_task_group() as tg:
+            task_status.started()
+            while True:
+                try:
+                    stream = await listener.accept()
+                except anyio.BrokenResourceError as exc:
+                    code = exc.__cause__.errno if isinstance(exc.__cause__, OSError) else None
+                    if code in _OUT_OF_RESOURCES:
+                        spare = self._refuse_with_spare(raw, spare, os.strerror(code or 0))
+                        backoff = min(max(backoff * 2, 0.005), 0.5)
+                        await anyio.sleep(backoff)  # let sessions end and give descriptors back
+                        continue
+                    if code in _TRANSIENT_ACCEPT_ERRORS:
+                        continue
+                    raise
+                backoff = 0.0
+                headroom = self.fd_headroom()
+                if headroom is not None and headroom < FD_RESERVE:
+                    tg.start_soon(self._refuse, stream, self._limit_reason(headroom))
+                else:
+                    tg.start_soon(self.handle, stream)
+
+    def fd_headroom(self) -> int | None:
+        """File descriptors still free under the soft limit, less those promised to sessions that have not received
+        their client's stdio yet (None where it cannot be told)."""
+        used = _open_fd_count()
+        return None if used is None or self.fd_limit is None else self.fd_limit - used - self._promised
+
+    def _limit_reason(self, headroom: int) -> str:
+        return (
+            f"the mcpshare broker is near its limit of {self.fd_limit} open files ({headroom} left; raise "
+            "`ulimit -n` for the broker, or run fewer clients)"
+        )
+
+    async def _refuse(self, stream: anyio.abc.SocketStream, reason: str) -> None:
+        async with stream:
+            self._refusals.add(reason)
+            with anyio.move_on_after(1):
+                await _answer(stream, {"ok": False, "error": reason, "fallback": True})
+
+    def _refuse_with_spare(self, raw: socket.socket, spare: int | None, why: str) -> int | None:
+        """Out of descriptors: free the spare one, accept the waiting client, refuse it, take the spare back.
+
+        Without this the client would wait in the backlog until something else closed, while the listening
+        socket stays readable and the loop spins."""
+        if spare is not None:
+            os.close(spare)
+        try:
+            conn, _ = raw.accept()
+        except OSError:
+            conn = None
+        if conn is not None:
+            reason = f"the mcpshare broker has no file descriptor left ({why}; raise `ulimit -n` for the broker)"
+            self._refusals.add(reason)
+            try:
+                conn.setblocking(False)
+                conn.send(runtime.encode_line({"ok": False, "error": reason, "fallback": True}))
+            except OSError:
+                pass
+            conn.close()
+        return _open_spare()
 
     async def handle(self, stream: anyio.abc.SocketStream) -> None:
         """Serve one accepted connection; a bug in it is logged and ends that connection, never the broker."""
@@ -201,28 +367,57 @@ class Broker:
             if peer is not None and peer[1] != os.getuid():
                 logger.warning("refused a connection from uid %d (pid %d): not our user", peer[1], peer[0])
                 await _answer(
-                    stream, {"ok": False, "error": f"permission denied: this broker serves uid {os.getuid()}"}
+                    stream,
+                    {
+                        "ok": False,
+                        "error": f"permission denied: this broker serves uid {os.getuid()}",
+                        "fallback": True,
+                    },
                 )
                 return
             buffered = BufferedByteReceiveStream(stream)
-            try:
-                with anyio.fail_after(HELLO_TIMEOUT):
-                    line = await buffered.receive_until(b"\n", runtime.MAX_HELLO_BYTES)
-                hello = runtime.decode_line(line)
-                check_hello(hello)
-            except (anyio.IncompleteRead, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                return  # gone before saying hello: nothing to answer
-            except TimeoutError:
-                await _answer(stream, {"ok": False, "error": f"no hello within {HELLO_TIMEOUT:g} s"})
-                return
-            except (anyio.DelimiterNotFound, ValueError) as exc:
-                reason = str(exc) if isinstance(exc, HelloError) else "the first line is not an mcpshare hello"
-                await _answer(stream, {"ok": False, "error": reason})
+            hello = await self._read_hello(stream, buffered)
+            if hello is None:
                 return
             if "control" in hello:
                 await self._control(stream, hello)
             else:
                 await self._session(stream, buffered, hello, peer[0] if peer else None)
+
+    async def _read_hello(
+        self, stream: anyio.abc.SocketStream, buffered: BufferedByteReceiveStream
+    ) -> dict[str, Any] | None:
+        """The connection's hello, or None once it was answered or dropped. At most :data:`MAX_PENDING_HELLOS`
+        connections wait for theirs, each at most :data:`HELLO_TIMEOUT`: idle connections cannot pile up."""
+        with anyio.CancelScope() as scope:
+            key = id(scope)
+            self._pending_hellos[key] = scope
+            if len(self._pending_hellos) > MAX_PENDING_HELLOS:
+                oldest = next(iter(self._pending_hellos))
+                self._pending_hellos.pop(oldest).cancel()
+                self._dropped.add(f"more than {MAX_PENDING_HELLOS} waited at once")
+            try:
+                with anyio.fail_after(HELLO_TIMEOUT):
+                    line = await buffered.receive_until(b"\n", runtime.MAX_HELLO_BYTES)
+                hello = runtime.decode_line(line)
+                check_hello(hello)
+                return hello
+            except (anyio.IncompleteRead, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                return None  # gone before saying hello: nothing to answer
+            except TimeoutError:
+                self._dropped.add(f"none within {HELLO_TIMEOUT:g} s")
+                await _answer(stream, {"ok": False, "error": f"no hello within {HELLO_TIMEOUT:g} s"})
+                return None
+            except (anyio.DelimiterNotFound, ValueError) as exc:
+                reason = str(exc) if isinstance(exc, HelloError) else "the first line is not an mcpshare hello"
+                answer: dict[str, Any] = {"ok": False, "error": reason}
+                if isinstance(exc, Refusal):
+                    answer["fallback"] = True
+                await _answer(stream, answer)
+                return None
+            finally:
+                self._pending_hellos.pop(key, None)
+        return None  # evicted to make room for newer connections
 
     async def _session(
         self,
@@ -232,13 +427,27 @@ class Broker:
         peer_pid: int | None,
     ) -> None:
         name = hello["server"]
+        promised = 0
         try:
+            headroom = self.fd_headroom()
+            if headroom is not None and headroom < FD_PER_SESSION + FD_RESERVE // 2:
+                raise Refusal(self._limit_reason(headroom))
+            # Its two descriptors arrive only after our answer: promise them now, or a crowd of clients arriving
+            # together would each see room for itself and all of them together would not fit.
+            promised = 2
+            self._promised += promised
             config = server_config(hello, self.configs)
             lease = await self.pool.acquire(config, workspace=hello["cwd"], environ=hello["env"])
         except Exception as exc:
+            self._promised -= promised
             text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            logger.warning("client pid %s: cannot serve %r: %s", peer_pid, name, text)
-            await _answer(stream, {"ok": False, "error": text})
+            answer: dict[str, Any] = {"ok": False, "error": text}
+            if isinstance(exc, Refusal) or getattr(exc, "resource_limit", False):
+                answer["fallback"] = True  # not the server's fault: the client may run it directly
+                self._refusals.add(text)
+            else:
+                logger.warning("client pid %s: cannot serve %r: %s", peer_pid, name, text)
+            await _answer(stream, answer)
             return
         self._next_id += 1
         conn_id = self._next_id
@@ -251,12 +460,22 @@ class Broker:
             take_stdio = hello.get("stdio") == runtime.STDIO_PASS and isinstance(stream, anyio.abc.UNIXSocketStream)
             if take_stdio:
                 answer["stdio"] = runtime.STDIO_PASS
+            if not take_stdio:
+                self._promised -= promised
+                promised = 0
             if await _answer(stream, answer):
                 if take_stdio:
-                    await self._serve_stdio(stream, buffered, lease)
+
+                    def received() -> None:
+                        nonlocal promised
+                        self._promised -= promised
+                        promised = 0
+
+                    await self._serve_stdio(stream, buffered, lease, received)
                 else:
                     await relay(stream, buffered, lease)
         finally:
+            self._promised -= promised
             del self.connections[conn_id]
             with anyio.CancelScope(shield=True):
                 if not lease.released:
@@ -264,7 +483,11 @@ class Broker:
             logger.info("client pid %s detached from %r", peer_pid, name)
 
     async def _serve_stdio(
-        self, stream: anyio.abc.UNIXSocketStream, buffered: BufferedByteReceiveStream, lease: Lease
+        self,
+        stream: anyio.abc.UNIXSocketStream,
+        buffered: BufferedByteReceiveStream,
+        lease: Lease,
+        received: Callable[[], None] = lambda: None,
     ) -> None:
         """Serve the client on the stdin/stdout its shim handed over; tell the shim how it ended.
 
@@ -279,6 +502,8 @@ class Broker:
                 _, fds = await stream.receive_fds(1, 2)
         except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
             return  # the shim died or hung between its hello and its descriptors
+        finally:
+            received()
         if len(fds) != 2:
             for fd in fds:
                 os.close(fd)
@@ -319,6 +544,15 @@ class Broker:
         elif command == "stop":
             await _answer(stream, {"ok": True, "pid": os.getpid()})
             self.request_stop("`mcpshare stop`")
+        elif command == "logs":
+            server = hello.get("server")
+            lines = hello.get("lines", 50)
+            if not isinstance(server, str) or not server or not isinstance(lines, int) or lines < 0:
+                await _answer(stream, {"ok": False, "error": "logs needs a server name and a line count >= 0"})
+                return
+            await _answer(
+                stream, {"ok": True, "server": server, "processes": self.pool.stderr_tails(server, lines=lines)}
+            )
         elif command == "restart":
             server = hello.get("server")
             if not isinstance(server, str) or not server:
@@ -360,6 +594,10 @@ class Broker:
                 "http": self.http_url,
                 "http_token": self.paths.token if self.http_url else None,
                 "rss": psutil.Process().memory_info().rss,
+                "open_files": _open_fd_count(),
+                "open_files_limit": self.fd_limit,
+                "refused": self._refusals.total,
+                "dropped_before_hello": self._dropped.total,
             },
             "servers": servers,
             "connections": len(self.connections),
@@ -607,9 +845,18 @@ async def serve(options: BrokerOptions, paths: runtime.RuntimePaths) -> None:
         loop,
         describe_configs(configs, os.getcwd()),
     )
+    before, soft, hard = raise_fd_limit()
+    logger.info(
+        "open files: soft limit %d%s, hard limit %s; a session takes about 3 and a server about 4",
+        soft,
+        f" (raised from {before})" if soft != before else "",
+        "unlimited" if hard is None else hard,
+    )
     http_socket = bind_http(options.http_port) if options.http_port is not None else None
     # Under anyio.run, routing may run in the loop's readiness callbacks (see Backend): a task switch less per message.
-    async with BackendPool(idle_grace=options.idle_grace, eager_reads=True) as pool:
+    # Servers get back the soft limit we were started with: ours was raised for the broker's own needs.
+    child_fd_limit = before if soft != before else None
+    async with BackendPool(idle_grace=options.idle_grace, eager_reads=True, child_fd_limit=child_fd_limit) as pool:
         broker = Broker(pool, paths, options, configs)
         front = HttpFront(pool, configs, paths.token, http_socket) if http_socket is not None else None
         listener = await anyio.create_unix_listener(paths.socket, mode=0o600)
@@ -618,7 +865,7 @@ async def serve(options: BrokerOptions, paths: runtime.RuntimePaths) -> None:
                 tg.start_soon(broker.watch_signals)
                 if front is not None:
                     broker.http_url = await tg.start(front.run)
-                tg.start_soon(listener.serve, broker.handle)  # last: a broker that answers is fully up
+                await tg.start(broker.serve_socket, listener)  # last: a broker that answers is fully up
                 if options.exit_idle:
                     tg.start_soon(broker.exit_when_idle, options.exit_idle)
                 logger.info("listening on %s (idle grace %g s)", paths.socket, options.idle_grace)
@@ -671,10 +918,31 @@ def run(options: BrokerOptions, *, paths: runtime.RuntimePaths | None = None, lo
     try:
         runtime.write_pid(lock_fd)
         configure_logging(options.log_file or paths.log, stderr=options.log_stderr)
+        _keep_lasting_environment()
         anyio.run(serve, options, paths, backend="asyncio", backend_options={"use_uvloop": use_uvloop()})
     finally:
         os.close(lock_fd)  # last: the socket is gone and every server stopped
     return 0
+
+
+def _keep_lasting_environment() -> None:
+    """Make our environment (the base of every server's) what a broker may keep: see runtime.broker_environment.
+
+    A shim that starts a broker has already taken its own server's variables out; what is left to drop here is
+    what describes one client's session rather than the user."""
+    kept = runtime.broker_environment(os.environ)
+    dropped = sorted(set(os.environ) - set(kept))
+    path_before = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ.clear()
+    os.environ.update(kept)
+    path_now = set(kept.get("PATH", "").split(os.pathsep))
+    gone = [entry for entry in dict.fromkeys(path_before) if entry and entry not in path_now]
+    if dropped or gone:
+        logger.info(
+            "servers will not inherit these variables of the client that started the broker: %s%s",
+            ", ".join(dropped) or "none",
+            f"; PATH entries left out: {', '.join(gone)}" if gone else "",
+        )
 
 
 def run_autostarted(paths: runtime.RuntimePaths, lock_fd: int) -> int:

@@ -1,4 +1,4 @@
-"""The ``mcpshare`` command line: serve, connect, status, stop, restart, wrap, unwrap, demo.
+"""The ``mcpshare`` command line: serve, connect, status, logs, stop, restart, wrap, unwrap, demo.
 
 Layer 9, a typer + rich front over the broker (:mod:`mcpshare.broker`), the shim (:mod:`mcpshare.shim`) and the
 pool. ``connect`` never gets here when the console script is ``mcpshare.entry:main`` (it must not pay for typer and
@@ -226,6 +226,30 @@ def restart(server: Annotated[str, typer.Argument(help="Server name, as in the c
         console.print(f"restarted {server!r}: stopped {stopped} process(es); the next request starts it again")
     else:
         console.print(f"no process of {server!r} was running; its circuit breaker was reset")
+
+
+@app.command()
+def logs(
+    server: Annotated[str, typer.Argument(help="Server name, as in the config.")],
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Lines per process.")] = 50,
+) -> None:
+    """Show what a shared server wrote to stderr: each running process, then those that ended recently."""
+    answer = _control("logs", server=server, lines=lines)
+    if answer is None:
+        raise _fail(_no_broker())
+    processes = answer["processes"]
+    if not processes:
+        raise _fail(f"the broker has no process of {server!r}, running or recently ended, to show")
+    for row in processes:
+        state = row["state"]
+        if "ended" in row:
+            state = f"{state} at {time.strftime('%H:%M:%S', time.localtime(row['ended_at']))}: {row['ended']}"
+            state += f" (exit code {row['returncode']})" if row.get("returncode") is not None else ""
+        console.print(Text(f"== {server} pid {row['pid']} key {row['key']}, {state}", style="bold"), highlight=False)
+        for line in row["stderr"]:
+            console.print(line, highlight=False)
+        if not row["stderr"]:
+            console.print("(nothing on stderr)", style="dim", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------- wrap / unwrap

@@ -233,6 +233,9 @@ class Channel:
         self.closed = False
         self.close_reason: str | None = None
         self.dropped = 0
+        self.initialized = False
+        """Whether the session got its ``initialize`` result: notifications for everyone wait until then (a client
+        must not see ``list_changed`` before the answer to its handshake)."""
 
     def __repr__(self) -> str:
         return f"<Channel {self.id} on {self.backend.name}>"
@@ -551,6 +554,7 @@ class Backend:
             channel.client_info = info if isinstance(info, dict) else {}
         assert self.initialize_result is not None, "initialize() must complete before sessions attach"
         channel.deliver(result_response(client_id, self.initialize_result))
+        channel.initialized = True
 
     def _outgoing_request(
         self, channel: Channel, client_id: RequestId, method: str, params: Any, message: Message
@@ -696,6 +700,7 @@ class Backend:
     ) -> None:
         """Give a session moved here from another backend its declared capabilities, level and subscriptions."""
         channel.capabilities = capabilities
+        channel.initialized = True  # its client had its handshake answered on the backend it came from
         for uri in subscriptions:
             subscribers = self._subscribers.setdefault(uri, set())
             first = not subscribers
@@ -841,7 +846,7 @@ class Backend:
             level = params.get("level") if isinstance(params, dict) else None
             rank = _LOG_RANK.get(level, len(LOG_LEVELS)) if isinstance(level, str) else len(LOG_LEVELS)
             for channel in list(self.channels.values()):
-                if rank >= _LOG_RANK[channel.log_level or DEFAULT_SESSION_LOG_LEVEL]:
+                if channel.initialized and rank >= _LOG_RANK[channel.log_level or DEFAULT_SESSION_LOG_LEVEL]:
                     channel.deliver(message)
             return
         if method == "notifications/resources/updated":
@@ -862,7 +867,8 @@ class Backend:
 
     def _broadcast(self, message: Message, channels: Iterable[Channel]) -> None:
         for channel in list(channels):
-            channel.deliver(message)
+            if channel.initialized:
+                channel.deliver(message)
 
     def _server_request(self, message: Message) -> None:
         request_id = message["id"]

@@ -12,11 +12,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,12 +72,21 @@ class ServerStartError(RuntimeError):
     """
 
     def __init__(
-        self, server: str, command: str, cause: str, *, returncode: int | None = None, stderr_tail: str = ""
+        self,
+        server: str,
+        command: str,
+        cause: str,
+        *,
+        returncode: int | None = None,
+        stderr_tail: str = "",
+        resource_limit: bool = False,
     ) -> None:
         self.server = server
         self.command = command
         self.returncode = returncode
         self.stderr_tail = stderr_tail
+        self.resource_limit = resource_limit
+        """The start failed for lack of descriptors or memory in *this* process: not the server's fault."""
         text = f"MCP server {server!r} ({command}) failed to start: {cause}"
         if returncode is not None:
             text += f" (exit code {returncode})"
@@ -93,6 +104,20 @@ class _Health:
     retry_at: float = 0.0
     last_error: str = ""
     disabled: bool = False
+
+
+@dataclass(frozen=True)
+class EndedBackend:
+    """A process that ended, kept for a while so that ``mcpshare logs`` can still show its stderr."""
+
+    server: str
+    key: str
+    pid: int
+    state: str
+    reason: str
+    returncode: int | None
+    ended_at: float
+    stderr: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -128,6 +153,7 @@ class _Entry:
         self.idle_scope: anyio.CancelScope | None = None
         self.obsolete = False
         self.started_at = 0.0
+        self.stop_reason = "stopped"
 
     @property
     def busy(self) -> bool:
@@ -320,6 +346,7 @@ class BackendPool:
         breaker_threshold: int = 5,
         stable_after: float = 30.0,
         eager_reads: bool = False,
+        child_fd_limit: int | None = None,
     ) -> None:
         """Tuning:
 
@@ -331,6 +358,7 @@ class BackendPool:
           failed starts) after which the key is disabled until :meth:`reset`.
         * ``eager_reads``: route each server's messages from the event loop's readiness callback (see
           :class:`Backend`); only for a loop started by ``anyio.run``.
+        * ``child_fd_limit``: the soft limit of open files servers start with (the broker raises its own).
         """
         if idle_grace < 0:
             raise ValueError("idle_grace must be >= 0")
@@ -356,6 +384,8 @@ class BackendPool:
         self._restarts: dict[PoolKey, int] = {}
         self._leases: set[Lease] = set()
         self.spawns = 0
+        self.child_fd_limit = child_fd_limit
+        self._ended: deque[EndedBackend] = deque(maxlen=32)
 
     async def __aenter__(self) -> Self:
         if self._use_guardian:
@@ -537,6 +567,7 @@ class BackendPool:
         self._leases.clear()
         for entry in entries:
             self._cancel_idle(entry)
+            entry.stop_reason = "the pool is closing"
             entry.stop_requested.set()
         with anyio.CancelScope(shield=True):
             for entry in entries:
@@ -654,6 +685,13 @@ class BackendPool:
         if entry.busy or entry.state not in ("starting", "ready"):
             return
         if entry.obsolete or self.idle_grace == 0 or self._closed:
+            entry.stop_reason = (
+                "its config changed or it was restarted"
+                if entry.obsolete
+                else "the pool is closing"
+                if self._closed
+                else "its last client left (idle grace 0)"
+            )
             entry.stop_requested.set()
             return
         if entry.idle_scope is None and self._tg is not None:
@@ -665,6 +703,7 @@ class BackendPool:
         with scope:
             await anyio.sleep(self.idle_grace)
             if not entry.busy:
+                entry.stop_reason = f"no client for the idle grace of {self.idle_grace:g} s"
                 entry.stop_requested.set()
         if entry.idle_scope is scope:
             entry.idle_scope = None
@@ -684,10 +723,12 @@ class BackendPool:
                 cwd=key.cwd,
                 guardian=self._guardian,
                 max_line_bytes=self.max_line_bytes,
+                fd_limit=self.child_fd_limit,
             )
         except Exception as exc:
             cause = str(exc) if isinstance(exc, SpawnError) else f"{exc.__class__.__name__}: {exc}"
-            self._fail(entry, ServerStartError(config.name, _display(argv), cause))
+            limit = _out_of_resources(exc)
+            self._fail(entry, ServerStartError(config.name, _display(argv), cause, resource_limit=limit))
             self._all.discard(entry)
             entry.finished.set()
             return
@@ -704,6 +745,7 @@ class BackendPool:
                 await process.stop(stdin_grace=self.stop_grace, term_grace=self.stop_grace)
                 if final not in ("crashed", "failed"):
                     entry.state = "stopped"
+                self._record_end(entry, process)
                 if self._entries.get(key) is entry:
                     del self._entries[key]
                 self._all.discard(entry)
@@ -767,6 +809,14 @@ class BackendPool:
             entry.backend = backend
             entry.state = "ready"
             entry.ready.set()
+            logger.info(
+                "started MCP server %r (key %s, pid %d, %s): %s",
+                config.name,
+                entry.key.short(),
+                process.pid,
+                backend.protocol_version,
+                _display(process.argv),
+            )
             if self.hang_timeout is not None:
                 tg.start_soon(backend.watch, self.hang_timeout)
             async with anyio.create_task_group() as waiters:
@@ -819,6 +869,60 @@ class BackendPool:
         """(consecutive failures, disabled, last error) for each key of ``server`` that failed recently."""
         return [(h.failures, h.disabled, h.last_error) for h in self._health.values() if h.server == server]
 
+    def _record_end(self, entry: _Entry, process: ServerProcess) -> None:
+        """Log how a backend ended and keep its stderr tail (``mcpshare logs``)."""
+        if entry.state == "crashed":
+            why = str(entry.backend.error) if entry.backend is not None and entry.backend.error else "crashed"
+        elif entry.state == "failed":
+            why = str(entry.error).splitlines()[0] if entry.error is not None else "failed to start"
+        else:
+            why = entry.stop_reason
+        uptime = time.monotonic() - entry.started_at if entry.started_at else 0.0
+        logger.info(
+            "stopped MCP server %r (key %s, pid %d) after %.1f s: %s; exit code %s",
+            entry.config.name,
+            entry.key.short(),
+            process.pid,
+            uptime,
+            why,
+            process.returncode,
+        )
+        self._ended.append(
+            EndedBackend(
+                server=entry.config.name,
+                key=entry.key.short(),
+                pid=process.pid,
+                state=entry.state,
+                reason=why,
+                returncode=process.returncode,
+                ended_at=time.time(),
+                stderr=tuple(process.stderr.lines()),
+            )
+        )
+
+    def stderr_tails(self, server: str, *, lines: int = 50) -> list[dict[str, Any]]:
+        """The last ``lines`` lines each process of ``server`` wrote to stderr: running ones, then those that ended
+        recently (newest first), so the output of a server that crashed or failed to start can still be read."""
+        rows: list[dict[str, Any]] = []
+        for entry in sorted(self._all, key=lambda e: e.key.short()):
+            if entry.config.name == server and entry.process is not None and entry.state not in ("stopped", "failed"):
+                tail = entry.process.stderr.lines()[-lines:] if lines else []
+                rows.append({"key": entry.key.short(), "pid": entry.process.pid, "state": entry.state, "stderr": tail})
+        for ended in reversed(self._ended):
+            if ended.server == server:
+                rows.append(
+                    {
+                        "key": ended.key,
+                        "pid": ended.pid,
+                        "state": ended.state,
+                        "ended": ended.reason,
+                        "returncode": ended.returncode,
+                        "ended_at": ended.ended_at,
+                        "stderr": list(ended.stderr[-lines:]) if lines else [],
+                    }
+                )
+        return rows
+
     async def restart(self, server: str) -> int:
         """Reset the breaker of ``server`` and stop its running backends; leases rebind on their next message.
 
@@ -832,6 +936,7 @@ class BackendPool:
             if self._entries.get(entry.key) is entry:
                 del self._entries[entry.key]
             self._cancel_idle(entry)
+            entry.stop_reason = "restart requested"
             entry.stop_requested.set()
         for entry in stopped:
             with anyio.CancelScope(shield=True):
@@ -840,12 +945,23 @@ class BackendPool:
 
     def _fail(self, entry: _Entry, error: ServerStartError) -> None:
         logger.error("%s", error)
-        self._record_failure(entry.key, entry.config.name, str(error))
+        if not error.resource_limit:  # our own shortage says nothing about the server: no backoff, no breaker
+            self._record_failure(entry.key, entry.config.name, str(error))
         entry.error = error
         entry.state = "failed"
         if self._entries.get(entry.key) is entry:
             del self._entries[entry.key]
         entry.ready.set()
+
+
+def _out_of_resources(exc: BaseException) -> bool:
+    """Whether a failed spawn ran out of descriptors, processes or memory (somewhere in its chain of causes)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _roots(key: PoolKey) -> list[dict[str, Any]]:

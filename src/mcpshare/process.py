@@ -328,12 +328,15 @@ class ServerProcess:
         stderr_lines: int = 200,
         pdeathsig: bool = True,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        fd_limit: int | None = None,
     ) -> ServerProcess:
         """Start ``argv`` as the leader of a new session and process group, registered with ``guardian``.
 
         ``name`` is only used in messages. ``env`` is the complete environment of the child: nothing is inherited
         from ours. :attr:`stdout` gives lines of at most ``max_line_bytes``. ``pdeathsig`` asks for the
         PR_SET_PDEATHSIG trampoline where it is safe (Linux, asyncio); :attr:`pdeathsig` tells whether it was used.
+        ``fd_limit`` is the soft limit of open files the command starts with, set by that trampoline (without it,
+        the command inherits ours).
 
         Returns once the real command has been exec'd. Raises :class:`SpawnError` if the command or working
         directory is unusable, or if the guardian is gone (``__cause__`` is then a :class:`GuardianError`). No
@@ -350,7 +353,8 @@ class ServerProcess:
         if use_trampoline:
             status_r, status_w = os.pipe()
             owner = str(os.getpid())
-            command = [sys.executable, "-I", "-S", str(_GUARDIAN_SCRIPT), "--exec", owner, str(status_w), *argv]
+            limit = ["--nofile", str(fd_limit)] if fd_limit is not None else []
+            command = [sys.executable, "-I", "-S", str(_GUARDIAN_SCRIPT), "--exec", owner, str(status_w), *limit, *argv]
         # Our own pipes for the protocol, not asyncio's transports: a non-blocking write that fits goes out at once
         # and a read that finds data returns it, without the extra trips through the event loop that asyncio's
         # stream wrappers take per message (they are most of the cost of a quick call).
