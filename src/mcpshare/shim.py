@@ -21,9 +21,12 @@ Why autostart. The first client to need the broker starts it, detached (double f
 starting at once may each start one; each broker takes an exclusive ``flock`` before doing anything else, the
 losers exit quietly, and the shims retry their connection with a bounded backoff until the winner listens.
 
-Why a fallback. When the broker cannot be reached or started, or refuses the hello, the client must still work:
-if the shim knows the real command (embedded after ``--``, or found in the config file), it says so on stderr and
-``exec``s the real server in its own place, so the client talks to it directly (unshared).
+Why a fallback, and when not. When the broker cannot be reached or started, or answers that it cannot take anyone
+now (a resource limit, another protocol version), the client must still work: if the shim knows the real command
+(embedded after ``--``, or found in the config file), it says so on stderr and ``exec``s the real server in its own
+place, so the client talks to it directly (unshared). When the broker was reached and the server itself failed,
+or the config is wrong, running it again directly would fail the same way (twice as slowly, for a server that
+hangs): the shim prints the broker's error once and exits 1.
 """
 
 from __future__ import annotations
