@@ -114,7 +114,12 @@ async def test_elicitation_reaches_the_only_session_in_flight(marker: str, tmp_w
     assert calls == ["a", "b", "a"]
 
 
-async def test_ambiguous_elicitation_is_declined_never_guessed(marker: str, tmp_workspace: Path) -> None:
+async def test_an_elicitation_among_concurrent_calls_reaches_its_caller_by_its_link(
+    marker: str, tmp_workspace: Path
+) -> None:
+    """b sleeps while a's call elicits: two candidates, but the Python SDK server propagates the call's traceparent
+    into its elicitation, so the router knows whose it is (the decline of a truly ambiguous one is in
+    test_attribution)."""
     calls: list[str] = []
     async with BackendPool(idle_grace=0) as pool:
         config = shared_config(marker)
@@ -143,9 +148,9 @@ async def test_ambiguous_elicitation_is_declined_never_guessed(marker: str, tmp_
             async with anyio.create_task_group() as tg:
                 tg.start_soon(b_sleeps)
                 tg.start_soon(a_asks)
-    assert calls == [], "an ambiguous elicitation must reach no session"
-    assert results["b"] == "slept"
-    assert "cannot attribute" in results["a"] or "error" in results["a"]
+    # Two calls in flight, and the SDK server hands back the traceparent the router stamped on a's call.
+    assert calls == ["a"], "the elicitation reaches the session whose call caused it, and only that one"
+    assert results == {"a": "accept:from a", "b": "slept"}
 
 
 async def test_sampling_reaches_the_calling_session(marker: str, tmp_workspace: Path) -> None:

@@ -322,7 +322,7 @@ async def test_bad_host_input_is_a_clear_error_and_corrupts_nothing(marker: str)
         with pytest.raises(TypeError):
             await client.lease.send({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": {"x": object()}})
         backend = client.lease.backend
-        assert backend is not None and not backend._pending, "a failed send leaves nothing pending"
+        assert backend is not None and not backend.pending, "a failed send leaves nothing pending"
         assert text_of(await client.call("echo", text="still fine")) == "still fine"
         await client.lease.release()
         with pytest.raises(RuntimeError, match="released"):

@@ -42,6 +42,7 @@ __all__ = [
     "FrozenMapping",
     "HttpServerConfig",
     "McpConfig",
+    "ProtocolChoice",
     "ServerConfig",
     "ShareScope",
     "StdioServerConfig",
@@ -56,6 +57,8 @@ __all__ = [
 
 ShareScope = Literal["global", "workspace", "thread"]
 SHARE_SCOPES: tuple[str, ...] = get_args(ShareScope)
+ProtocolChoice = Literal["2025-11-25", "auto", "2026-07-28"]
+PROTOCOL_CHOICES: tuple[str, ...] = get_args(ProtocolChoice)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -242,6 +245,20 @@ def _share(value: object, name: str) -> ShareScope:
     return value  # type: ignore[return-value]
 
 
+def _protocol(value: object, name: str) -> ProtocolChoice:
+    if value not in PROTOCOL_CHOICES:
+        shown = repr(value) if isinstance(value, str) else _describe(value)
+        raise ConfigError(f"must be one of {', '.join(map(repr, PROTOCOL_CHOICES))}, got {shown}", field=name)
+    return value  # type: ignore[return-value]
+
+
+def _lanes(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
+        shown = repr(value) if isinstance(value, int) and not isinstance(value, bool) else _describe(value)
+        raise ConfigError(f"must be a whole number from 1 to 16, got {shown}", field=name)
+    return value
+
+
 def _url(value: object, name: str) -> str:
     text = _text(value, name)
     parts = urlsplit(text)
@@ -317,6 +334,14 @@ class StdioServerConfig(_ServerCommon):
     env_vars: tuple[str, ...] = ()
     cwd: str | None = None
     share: ShareScope = "workspace"
+    protocol: ProtocolChoice = "2025-11-25"
+    """The era the pool speaks to the process: the handshake (default; a server that refuses it for 2026-07-28
+    only gets that), ``"auto"`` (``server/discover`` first), or ``"2026-07-28"``. See the README for why."""
+    exclusive_tools: tuple[str, ...] = ()
+    """Tools known to ask their client something: run one at a time per process from the start."""
+    lanes: int = 1
+    """Processes one key may run so that calls that ask need not wait for each other (extra ones only while
+    such calls queue)."""
 
     _VALIDATORS: ClassVar[dict[str, Callable[[Any, str], Any]]] = {
         **_ServerCommon._VALIDATORS,
@@ -326,6 +351,9 @@ class StdioServerConfig(_ServerCommon):
         "env_vars": _env_var_names,
         "cwd": _optional_text,
         "share": _share,
+        "protocol": _protocol,
+        "exclusive_tools": _strings,
+        "lanes": _lanes,
     }
 
 
@@ -398,7 +426,9 @@ class McpConfig:
 
 # ---------------------------------------------------------------------------------------------- parsing
 
-_STDIO_FIELDS = frozenset({"command", "args", "env", "env_vars", "cwd", "share"})
+_STDIO_FIELDS = frozenset(
+    {"command", "args", "env", "env_vars", "cwd", "share", "protocol", "exclusive_tools", "lanes"}
+)
 _HTTP_FIELDS = frozenset({"url", "bearer_token_env_var", "http_headers", "env_http_headers"})
 _COMMON_FIELDS = frozenset({"enabled", "startup_timeout_sec", "tool_timeout_sec", "enabled_tools", "disabled_tools"})
 _ALIASES = {"headers": "http_headers"}

@@ -297,6 +297,11 @@ class FdSendStream(anyio.abc.ByteSendStream):
         if len(self._buffer) <= HIGH_WATER or self._error is not None:
             self._wake_senders()
 
+    async def drain(self) -> None:
+        """Wait while more than :data:`HIGH_WATER` bytes are buffered (returns at once if not, closed or broken)."""
+        while len(self._buffer) > HIGH_WATER and self._error is None and not self._closed:
+            await self._drain_some()
+
     async def _drain_some(self) -> None:
         """Wait until the writer callback has brought the buffer to :data:`HIGH_WATER` or below (or it failed)."""
         loop = self._loop or asyncio.get_running_loop()

@@ -22,7 +22,7 @@ from mcpshare.config import ShareScope, StdioServerConfig
 
 __all__ = ["PoolKey", "child_environment", "make_key"]
 
-_KEY_FORMAT = 2  # bump when the meaning of a field changes, so digests from older code never match
+_KEY_FORMAT = 3  # bump when the meaning of a field changes, so digests from older code never match
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -40,6 +40,8 @@ class PoolKey:
     scope: ShareScope
     instance: str | None = None
     sandbox: str | None = None
+    protocol: str = "2025-11-25"
+    """The era the process is spoken to in: a process speaks one, for its whole life."""
     declared: tuple[str, ...] = ()
     """Every variable name the config declares (``env`` and ``env_vars``), with a value in ``env`` or not: the
     process gets exactly these from the key, and none of them from anywhere else."""
@@ -62,6 +64,7 @@ class PoolKey:
             "instance": self.instance,
             "sandbox": self.sandbox,
             "declared": list(self.declared),
+            "protocol": self.protocol,
         }
         # ensure_ascii: os.environ may hold surrogate-escaped bytes that would not encode as UTF-8.
         text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -118,6 +121,7 @@ def make_key(
         instance=instance if config.share == "thread" else None,
         sandbox=sandbox,
         declared=(*config.env, *config.env_vars),
+        protocol=config.protocol,
     )
 
 

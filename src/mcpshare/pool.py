@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import random
@@ -42,6 +43,7 @@ from mcpshare.mux import (
     error_response,
 )
 from mcpshare.process import Guardian, ServerProcess, SpawnError
+from mcpshare.routing import Learned
 
 logger = logging.getLogger("mcpshare.pool")
 
@@ -93,6 +95,55 @@ class ServerStartError(RuntimeError):
         if stderr_tail:
             text += f"\n--- stderr (last lines) ---\n{stderr_tail}"
         super().__init__(text)
+
+
+class LearnedStore:
+    """What the processes of each key showed about asking their client (:class:`~mcpshare.routing.Learned`):
+    one object per key, shared by its processes and so kept across respawns, and saved to ``path`` when given."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = os.fspath(path) if path is not None else None
+        self._by_key: dict[str, Learned] = {}
+        self._loaded: dict[str, Any] | None = None
+
+    def of(self, key: PoolKey, config: StdioServerConfig) -> Learned:
+        digest = key.digest()
+        learned = self._by_key.get(digest)
+        if learned is None:
+            learned = Learned.from_json(self._load().get(digest))
+            learned.askers |= Learned.declared(config.exclusive_tools).askers
+            self._by_key[digest] = learned
+        return learned
+
+    def save(self, key: PoolKey, learned: Learned) -> None:
+        if self.path is None:
+            return
+        data = self._load()
+        data[key.digest()] = learned.to_json()
+        if len(data) > 512:  # keys come and go (workspaces, tokens): keep the newest
+            for stale in list(data)[: len(data) - 512]:
+                del data[stale]
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                json.dump(data, file)
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            logger.warning("cannot save what servers showed about asking their clients to %s: %s", self.path, exc)
+
+    def _load(self) -> dict[str, Any]:
+        if self._loaded is None:
+            self._loaded = {}
+            if self.path is not None:
+                try:
+                    with open(self.path, encoding="utf-8") as file:
+                        data = json.load(file)
+                    if isinstance(data, dict):
+                        self._loaded = data
+                except (OSError, ValueError):
+                    pass
+        return self._loaded
 
 
 @dataclass
@@ -347,6 +398,7 @@ class BackendPool:
         stable_after: float = 30.0,
         eager_reads: bool = False,
         child_fd_limit: int | None = None,
+        learned_file: str | os.PathLike[str] | None = None,
     ) -> None:
         """Tuning:
 
@@ -359,6 +411,8 @@ class BackendPool:
         * ``eager_reads``: route each server's messages from the event loop's readiness callback (see
           :class:`Backend`); only for a loop started by ``anyio.run``.
         * ``child_fd_limit``: the soft limit of open files servers start with (the broker raises its own).
+        * ``learned_file``: where what each key's servers showed about asking their client is kept (a JSON file:
+          the broker keeps it in its runtime directory, so it survives restarts); None keeps it in memory only.
         """
         if idle_grace < 0:
             raise ValueError("idle_grace must be >= 0")
@@ -385,6 +439,7 @@ class BackendPool:
         self._leases: set[Lease] = set()
         self.spawns = 0
         self.child_fd_limit = child_fd_limit
+        self.learned = LearnedStore(learned_file)
         self._ended: deque[EndedBackend] = deque(maxlen=32)
 
     async def __aenter__(self) -> Self:
@@ -615,7 +670,7 @@ class BackendPool:
             }
         self._unbind(lease, reason="server restarted or reconfigured")
         channel = await self._bind(lease, lease.key, lease.config)
-        await channel.backend.restore(channel, **state)
+        channel.backend.restore(channel, **state)
         if reconfigured:
             for kind in ("tools", "prompts", "resources"):
                 lease.deliver({"jsonrpc": "2.0", "method": f"notifications/{kind}/list_changed"})
@@ -770,6 +825,9 @@ class BackendPool:
             describe_exit=describe_exit,
             wait_exit=process.wait,
             eager_reads=self.eager_reads,
+            protocol=config.protocol,
+            learned=self.learned.of(entry.key, config),
+            on_learned=lambda learned: self.learned.save(entry.key, learned),
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(process.drain_stderr)
