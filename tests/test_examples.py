@@ -114,3 +114,61 @@ def test_framework_example_unshared_runs_one_process_per_run(script: str, module
     assert done.stdout.strip().splitlines()[-1] == "server processes: 10 for 10 concurrent runs", done.stdout
     assert len(seen) == 10
     assert sorted(_answers(done.stdout)) == sorted(f"run-{i}" for i in range(10))
+
+
+# ---------------------------------------------------------------------------------------------- the README's code
+
+
+@pytest.mark.timeout(60)
+def test_thread_handlers_example_answers_reports_and_times_out() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "examples" / "thread_handlers.py")],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "test asks: Proceed?",
+        "accept:yes",
+        "test/progress: 1/2 step 1",
+        "test/progress: 2/2 step 2",
+        "tool 'mcp__test__sleep' (test/sleep) timed out after 0.5 s and was cancelled",
+        "direct",
+    ]
+
+
+def _readme_blocks(language: str) -> list[tuple[str, str]]:
+    """(text before the block since the previous one, block) for every fenced block of ``language``."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    found, last = [], 0
+    for match in re.finditer(rf"^```{language}\n(.*?)^```$", readme, flags=re.MULTILINE | re.DOTALL):
+        found.append((readme[last : match.start()], match.group(1)))
+        last = match.end()
+    return found
+
+
+def test_every_python_block_of_the_readme_is_a_whole_example_the_tests_run() -> None:
+    """A README Python block is the named example below its docstring, so it runs as written (the tests above run
+    every example)."""
+    blocks = _readme_blocks("python")
+    assert blocks
+    for before, block in blocks:
+        named = re.findall(r"`(examples/\w+\.py)`", before)
+        assert named, f"a README python block names no example it comes from:\n{block[:200]}"
+        source = (REPO_ROOT / named[-1]).read_text()
+        assert source.split("from __future__ import annotations\n\n", 1)[1] == block, f"{named[-1]} and README differ"
+
+
+def test_the_readme_swap_lines_are_the_examples_lines() -> None:
+    """The ``diff`` block of the framework section shows lines of the examples, so it cannot drift from them."""
+    blocks = _readme_blocks("diff")
+    assert blocks
+    for _, block in blocks:
+        source = ""
+        for line in block.splitlines():
+            if line.startswith("# examples/"):
+                source = (REPO_ROOT / line.split()[1].rstrip(":")).read_text()
+            else:
+                assert line[0] in "+-" and line[1:] in source.splitlines(), line

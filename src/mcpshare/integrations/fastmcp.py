@@ -13,9 +13,11 @@ logs reach this client only)::
         toolset = pydantic_ai.mcp.MCPToolset(transport)  # PydanticAI: the same transport, or one per toolset
 
 One transport may serve many clients at once (unlike a kept-alive ``StdioTransport``): each gets its own session.
-As for every pooled server, the process gets the pool's base environment plus ``env``, speaks the handshake era of
-the protocol (so ``legacy_only``: FastMCP skips its ``server/discover`` probe) and lives on for the pool's idle grace
-after its last client leaves.
+As for every pooled server, the process gets the pool's base environment plus ``env`` (the base is this whole
+process's environment unless the pool is given another: ``BackendPool(base_environ=mcp.client.stdio.
+get_default_environment())`` passes what ``StdioTransport`` would), speaks the handshake era of the protocol (so
+``legacy_only``: FastMCP skips its ``server/discover`` probe) and lives on for the pool's idle grace after its last
+client leaves.
 
 Install with ``pip install 'mcpshare[fastmcp]'`` (or ``'mcpshare[pydantic-ai]'``).
 """

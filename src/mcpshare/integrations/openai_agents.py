@@ -12,9 +12,10 @@ connecting acquires a lease on the pool's one process for those parameters and c
 
 It is an ``MCPServerStdio``: tool filters, approvals, caching, retries and ``message_handler`` work as before, on a
 session of its own (answers, progress and server requests reach this run only). What differs, as for every pooled
-server: the process gets the pool's base environment (``BackendPool(base_environ=...)``, default this process's)
-plus ``env``; it outlives one run until the pool's idle grace ends; only UTF-8 is spoken (a line that is not valid
-JSON in UTF-8 is logged and skipped).
+server: the process gets the pool's base environment plus ``env``, and that base is this whole process's environment
+unless the pool is given another (``BackendPool(base_environ=mcp.client.stdio.get_default_environment())`` passes
+what ``MCPServerStdio`` would); it outlives one run until the pool's idle grace ends; only UTF-8 is spoken (a line
+that is not valid JSON in UTF-8 is logged and skipped).
 
 Install with ``pip install 'mcpshare[openai-agents]'``.
 """
