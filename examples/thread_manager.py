@@ -2,6 +2,7 @@
 
 Run it from the repository root after `scripts/test` (or `npm ci --prefix tests/node`) has installed the pinned
 reference servers: `.venv/bin/python examples/thread_manager.py`. Without them it falls back to `npx -y`.
+The README quotes everything below this docstring and `from __future__` (tests/test_examples.py checks it).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from pathlib import Path
 
 import anyio
 
-from mcpshare.config import McpConfig, StdioServerConfig
-from mcpshare.threads import ThreadManager
+from mcpshare import McpConfig, StdioServerConfig, ThreadManager
 
 LOCAL = Path(__file__).resolve().parent.parent / "tests/node/node_modules/@modelcontextprotocol/server-filesystem"
 if (LOCAL / "dist/index.js").is_file():

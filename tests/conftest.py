@@ -73,6 +73,23 @@ def require_node_entry(package: str) -> Path:
     pytest.skip(message)
 
 
+def require_module(module: str, extra: str) -> Any:
+    """Import ``module`` (a framework of an optional extra), or skip the test (fail under CI) when not installed.
+
+    scripts/setup installs the framework extras by default (MCPSHARE_EXTRAS); under CI a missing one is a broken
+    set-up, not a reason to skip, so the framework tests cannot go quiet.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        message = f"{module} is not installed ({exc}): pip install -e '.[{extra}]' (scripts/setup does it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 @pytest.fixture
 def everything_cmd() -> list[str]:
     """argv running @modelcontextprotocol/server-everything over stdio: ``node <dist/index.js> stdio``."""

@@ -96,7 +96,11 @@ class BackendError(RuntimeError):
 
 
 class SessionOverflow(RuntimeError):
-    """A session did not read its messages and its bounded queue filled up."""
+    """A session did not read its messages and its bounded queue filled up: it was disconnected.
+
+    One class for both places that say so (the mux, for a closed channel, and the pool's lease), so a host catches
+    it once as ``mcpshare.SessionOverflow``.
+    """
 
 
 # Every message a shared server sends or receives is decoded and encoded once on its way through (to route it and

@@ -40,6 +40,7 @@ from mcpshare.mux import (
     BackendError,
     Channel,
     Message,
+    SessionOverflow,
     error_response,
 )
 from mcpshare.process import Guardian, ServerProcess, SpawnError
@@ -61,10 +62,6 @@ class LeaseReleased(RuntimeError):
 
 class ServerDisabled(RuntimeError):
     """A server failed too often in a row; the circuit breaker refuses to start it until it is reset."""
-
-
-class SessionOverflow(RuntimeError):
-    """The lease's reader did not keep up; it was disconnected (its queue is bounded)."""
 
 
 class ServerStartError(RuntimeError):

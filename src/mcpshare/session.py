@@ -8,7 +8,8 @@ server nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Self
 
@@ -19,7 +20,8 @@ from mcp.shared.message import SessionMessage
 from mcp_types import Implementation, jsonrpc_message_adapter
 from pydantic import ValidationError
 
-from mcpshare.pool import Lease
+from mcpshare.config import StdioServerConfig
+from mcpshare.pool import BackendPool, Lease
 
 logger = logging.getLogger("mcpshare.session")
 
@@ -83,6 +85,50 @@ class _LeaseWriter(_LeaseStream):
 
 
 @asynccontextmanager
+async def lease_streams(lease: Lease) -> AsyncIterator[tuple[_LeaseReader, _LeaseWriter]]:
+    """The (read, write) stream pair of a lease, in the shape every SDK client takes as its transport.
+
+    For code that builds its own session on a lease (a framework's ClientSession subclass, ``mcp.Client``): the
+    reader yields ``SessionMessage`` objects parsed from what the mux routed to this lease, the writer sends each
+    one to the server through it. One pair, hence one session, per lease at a time; leaving the block closes the
+    pair, not the lease.
+    """
+    if lease.session_open:
+        raise SessionInUse(f"{lease!r} already carries a ClientSession; acquire another lease for another session")
+    lease.session_open = True
+    reader, writer = _LeaseReader(lease), _LeaseWriter(lease)
+    try:
+        yield reader, writer
+    finally:
+        await reader.aclose()
+        await writer.aclose()
+        lease.session_open = False
+
+
+@asynccontextmanager
+async def pooled_transport(
+    pool: BackendPool,
+    config: StdioServerConfig,
+    *,
+    workspace: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    sandbox: str | None = None,
+) -> AsyncIterator[tuple[_LeaseReader, _LeaseWriter]]:
+    """An SDK transport on the pool's shared process for ``config``: a lease of its own, released on exit.
+
+    ``mcp.Client(pooled_transport(pool, config))`` (or a ClientSession over the pair) is then one more session on
+    the one process every user of that config shares; the framework integrations in :mod:`mcpshare.integrations`
+    are built on it. Arguments as for :meth:`BackendPool.acquire`.
+    """
+    lease = await pool.acquire(config, workspace=workspace, environ=environ, sandbox=sandbox)
+    try:
+        async with lease_streams(lease) as streams:
+            yield streams
+    finally:
+        await lease.release()
+
+
+@asynccontextmanager
 async def open_session(
     lease: Lease,
     *,
@@ -101,13 +147,10 @@ async def open_session(
     Callbacks are this session's own: a server-to-client request reaches them only when the mux attributes it
     to this session.
     """
-    if lease.session_open:
-        raise SessionInUse(f"{lease!r} already carries a ClientSession; acquire another lease for another session")
-    lease.session_open = True
-    try:
+    async with lease_streams(lease) as (reader, writer):
         session = ClientSession(
-            _LeaseReader(lease),
-            _LeaseWriter(lease),
+            reader,
+            writer,
             read_timeout_seconds=read_timeout_seconds,
             sampling_callback=sampling_callback,
             elicitation_callback=elicitation_callback,
@@ -121,5 +164,3 @@ async def open_session(
             if initialize:
                 await session.initialize()
             yield session
-    finally:
-        lease.session_open = False
