@@ -90,6 +90,7 @@ def test_submodules_still_import_through_the_package() -> None:
         "mcpshare",
         "mcpshare.shim",
         "mcpshare.runtime",
+        "mcpshare.connect_line",
     }
 
 
