@@ -266,15 +266,48 @@ def wrap(
         list[str] | None,
         typer.Option("--server", "-s", help="Only these servers (repeatable; NAME@DIR for a project)."),
     ] = None,
+    http: Annotated[
+        bool,
+        typer.Option("--http", help="Point the entries at the broker's HTTP front instead (no shim process)."),
+    ] = False,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="With --http: the front's port (default 17432, the service's)."),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Say what would change; write nothing.")] = False,
 ) -> None:
-    """Rewrite a client config so its stdio servers run through `mcpshare connect` (the original is kept)."""
+    """Rewrite a client config so its stdio servers run through `mcpshare connect`, or with --http reach the
+    broker's HTTP front (the original is kept; `mcpshare unwrap` gives it back)."""
+    if port is not None and not http:
+        raise _fail("--port goes with --http", 2)
     module = _wrap_module()
+    target = module.HttpTarget(port or module.DEFAULT_HTTP_PORT) if http else None
+    extra = {"http": target} if target is not None else {}
     try:
-        result = module.wrap_file(config, servers=server or None, dry_run=dry_run)  # launcher: wrap's default
+        result = module.wrap_file(config, servers=server or None, dry_run=dry_run, **extra)  # launcher: wrap's default
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
     _show(result, "wrapped")
+    if target is not None and result.changed:
+        _explain_http(target)
+
+
+def _explain_http(target: Any) -> None:
+    """How the wrapped HTTP entries reach the broker: its front must listen there, the token must be in the env."""
+    url = f"http://127.0.0.1:{target.port}/mcp/"
+    answer = _control("status")
+    running = answer is not None and str(answer["broker"].get("http") or "") == url
+    console.print(
+        f"  the entries point at {url} ("
+        + ("the broker's HTTP front is listening there" if running else "start it: `mcpshare service install`")
+        + f"); their definitions are in {target.servers_file}",
+        highlight=False,
+    )
+    console.print(
+        f"  they take the broker's token from ${target.token_var}: set it where the client starts, e.g. in your "
+        f'shell profile: export {target.token_var}="$(mcpshare service token)"',
+        highlight=False,
+    )
 
 
 @app.command()
