@@ -1,4 +1,4 @@
-"""The ``mcpshare`` command line: serve, connect, status, stop, restart, wrap, unwrap, demo.
+"""The ``mcpshare`` command line: serve, connect, status, stop, restart, wrap, unwrap, service, demo.
 
 Layer 9, a typer + rich front over the broker (:mod:`mcpshare.broker`), the shim (:mod:`mcpshare.shim`) and the
 pool. ``connect`` never gets here when the console script is ``mcpshare.entry:main`` (it must not pay for typer and
@@ -322,6 +322,99 @@ def unwrap(
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
     _show(result, "unwrapped")
+
+
+# ---------------------------------------------------------------------------------------------- service
+# The files and the managers are mcpshare.service's; this front says what was done and what to do next.
+
+service_app = typer.Typer(
+    help="Run the broker with its HTTP front at login (systemd user unit, launchd agent).", no_args_is_help=True
+)
+app.add_typer(service_app, name="service")
+_PORT_OPTION = typer.Option(min=1, max=65535, help="The HTTP front's port (the URLs `wrap --http` writes name it).")
+
+
+@service_app.command("install")
+def service_install(port: Annotated[int | None, _PORT_OPTION] = None) -> None:
+    """Install and start the broker as a user service: `mcpshare serve --http PORT`, restarted if it fails."""
+    from mcpshare import service
+
+    spec = service.ServiceSpec.build(port or service.DEFAULT_HTTP_PORT, environ=os.environ)
+    manager = service.detect_manager()
+    if manager is None:
+        console.print(
+            "no service manager found (a systemd user manager, or launchd): start the broker from your session's "
+            f"startup instead, e.g.\n  {service.by_hand(spec)}",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    running = _control("status")
+    try:
+        path = service.install(manager, spec)
+    except service.ServiceError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"installed {path} and started it ({manager}): {' '.join(spec.argv)}", highlight=False)
+    if running is not None and not running["broker"].get("http"):
+        console.print(
+            f"  a broker without the HTTP front runs (pid {running['broker']['pid']}): the service's starts once it "
+            "exits (an autostarted broker does after 10 idle minutes); `mcpshare stop` replaces it now, and its "
+            "clients reconnect",
+            highlight=False,
+        )
+
+
+@service_app.command("uninstall")
+def service_uninstall() -> None:
+    """Stop the broker's user service and remove its file."""
+    from mcpshare import service
+
+    manager = service.detect_manager()
+    if manager is None:
+        raise _fail("no service manager found (a systemd user manager, or launchd): nothing was installed")
+    try:
+        path = service.uninstall(manager, Path.home())
+    except service.ServiceError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"removed {path} ({manager})" if path else "no mcpshare service was installed", highlight=False)
+
+
+@service_app.command("status")
+def service_status(port: Annotated[int | None, _PORT_OPTION] = None) -> None:
+    """Say whether the service is installed and whether its broker runs (exit status 1 when it does not)."""
+    from mcpshare import service
+
+    manager = service.detect_manager()
+    home = Path.home()
+    if manager is None:
+        spec = service.ServiceSpec.build(port or service.DEFAULT_HTTP_PORT, environ=os.environ)
+        console.print(f"no service manager found: run the broker by hand, e.g.\n  {service.by_hand(spec)}")
+    else:
+        path = service.unit_path(home) if manager == "systemd" else service.plist_path(home)
+        installed = f"installed: {path}" if path.exists() else "not installed"
+        console.print(f"service ({manager}): {installed}; {service.manager_state(manager)}", highlight=False)
+    answer = _control("status")
+    if answer is None:
+        console.print(f"broker: {_no_broker()}", highlight=False)
+        raise typer.Exit(1)
+    broker = answer["broker"]
+    front = f"HTTP front {broker['http']}<server>" if broker.get("http") else "no HTTP front"
+    console.print(f"broker: running, pid {broker['pid']}, {front}", highlight=False)
+    if not broker.get("http"):
+        raise typer.Exit(1)
+
+
+@service_app.command("token")
+def service_token() -> None:
+    """Print the HTTP front's bearer token (created if there is none yet), for the clients' environment."""
+    from mcpshare.http_front import load_or_create_token
+
+    paths = runtime.RuntimePaths.default()
+    try:
+        runtime.ensure_runtime_dir(paths.directory)
+        token = load_or_create_token(paths.token)
+    except OSError as exc:
+        raise _fail(f"cannot read or create {paths.token}: {exc}") from None
+    sys.stdout.write(token + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- demo
