@@ -13,6 +13,7 @@ import os
 import plistlib
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,10 @@ async def test_the_units_command_line_starts_the_broker_with_its_http_front(brok
     assert argv == plistlib.loads(service.launchd_plist(spec))["ProgramArguments"]
     assert Path(argv[0]).name == "mcpshare" and Path(argv[0]).parent == Path(sys.executable).parent
     env = dict(word.split("=", 1) for word in unit_words(unit["Service"]["Environment"], command=False))
+    # `mcpshare service token` before the broker runs (a login script exporting it): created, private, kept.
+    token = run_cli(broker_env, "token", path=os.environ["PATH"])
+    assert token.returncode == 0 and len(token.stdout.strip()) >= 32
+    assert stat.S_IMODE(os.stat(broker_env.paths.token).st_mode) == 0o600
     broker = subprocess.Popen(  # noqa: ASYNC220 - started here, waited for in a thread
         argv,
         env={**env, "HOME": str(broker_env.home)},
@@ -96,6 +101,7 @@ async def test_the_units_command_line_starts_the_broker_with_its_http_front(brok
     assert await broker_env.wait_ready() == broker.pid
     status = control("status", broker_env)
     assert status is not None and status["broker"]["http"] == f"http://127.0.0.1:{port}/mcp/"
+    assert Path(broker_env.paths.token).read_text().strip() == token.stdout.strip()  # the broker took that token
     broker.send_signal(signal.SIGTERM)
     assert await anyio.to_thread.run_sync(broker.wait, 15) == 0
 
