@@ -8,7 +8,7 @@ cached handshake and it sees only its own responses, progress and server-to-clie
 Why so frugal. One shim runs per (client x server), so its cost is multiplied: a CPython process that imports the
 SDK is ~40 MB and half a second. This module and :mod:`mcpshare.runtime` import only cheap standard-library
 modules (no SDK, anyio, typer, rich or psutil; test_shim.py checks it), parse arguments by hand (argparse is slow
-to import): ~10 MB and tens of milliseconds.
+to import): ~10 MB for the tens of milliseconds until it connects (then it waits as a shell, see below).
 
 Why it hands its stdio over. A relaying shim costs every message two more process wake-ups (client -> shim ->
 broker and back), which doubled the latency of a quick call. So when stdin and stdout are pipes or sockets (what
