@@ -469,10 +469,23 @@ class RawShim:
                     pass  # our last requests were never read: the shim is gone
 
 
+WAITER = os.path.realpath("/bin/sh")
+
+
+async def wait_waiting(pid: int, timeout: float = 10.0) -> psutil.Process:
+    """Wait until the shim ``pid`` has become the /bin/sh waiter (exec'd after its hand-over); return it."""
+    proc = psutil.Process(pid)
+    with anyio.fail_after(timeout):
+        while proc.exe() != WAITER:  # noqa: ASYNC110 - the OS offers no event
+            await anyio.sleep(0.01)
+    return proc
+
+
 async def test_the_shim_hands_its_stdio_to_the_broker(broker_env: BrokerEnv, marker: str) -> None:
     """Seen from /proc: while a session runs, the broker holds the client's two pipes and the shim holds neither
-    (it relays nothing, so a message crosses one process less); closing stdin ends it with exit status 0. With
-    MCPSHARE_PASS_STDIO=0 the shim keeps them and relays, and the broker never sees them."""
+    (it relays nothing, so a message crosses one process less): it waits as /bin/sh, reading the broker's last line
+    from its socket on fd 3; closing stdin ends it with exit status 0. With MCPSHARE_PASS_STDIO=0 the shim
+    keeps them and relays, and the broker never sees them."""
     argv = broker_env.shim("test", "--", *server_argv(marker=marker))
     for relay in (False, True):
         env = broker_env.run_env(**({"MCPSHARE_PASS_STDIO": "0"} if relay else {}))
@@ -493,8 +506,11 @@ async def test_the_shim_hands_its_stdio_to_the_broker(broker_env: BrokerEnv, mar
             if relay:
                 assert pipes <= pipe_inodes(shim.proc.pid) and not pipes & pipe_inodes(broker_pid)
             else:
+                await wait_waiting(shim.proc.pid)
                 assert pipes <= pipe_inodes(broker_pid) and not pipes & pipe_inodes(shim.proc.pid)
-                assert [os.readlink(f"/proc/{shim.proc.pid}/fd/{fd}") for fd in (0, 1)] == [os.devnull] * 2
+                held = {os.readlink(f"/proc/{shim.proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{shim.proc.pid}/fd")}
+                assert os.readlink(f"/proc/{shim.proc.pid}/fd/1") == os.devnull
+                assert len({name for name in held if name.startswith("socket:[")}) == 1  # its socket to the broker
             shim.stdin.close()
             assert await anyio.to_thread.run_sync(shim.stdout.read) == b""  # the end of its stdout, at once
             assert await anyio.to_thread.run_sync(shim.proc.wait, 10) == 0

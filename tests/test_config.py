@@ -385,6 +385,7 @@ def test_default_config_paths_lists_existing_files_in_order(tmp_path: Path) -> N
         cwd / ".mcp.json",
         home / ".claude.json",
         home / ".config" / "Claude" / "claude_desktop_config.json",
+        home / ".config" / "mcpshare" / "servers.json",  # what `wrap --http` moved out of the others: read last
     ]
     assert default_config_paths(home=home, cwd=cwd) == []
 

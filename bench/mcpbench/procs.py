@@ -66,7 +66,8 @@ def _alive(proc: psutil.Process) -> bool:
 
 
 def measure(procs: Iterable[psutil.Process], classify: Classifier | None = None) -> Usage:
-    """RSS and PSS of ``procs`` (those that exit meanwhile are skipped), grouped by ``classify(cmdline)``."""
+    """RSS and PSS of ``procs`` (those that exit meanwhile are skipped), grouped by ``classify(cmdline)``; each
+    group also has ``pss_bytes`` and ``uss_bytes`` (memory only its processes hold) where the kernel tells them."""
     rss_total = 0
     pss_total: int | None = 0
     by_kind: dict[str, dict[str, int]] = {}
@@ -78,17 +79,24 @@ def measure(procs: Iterable[psutil.Process], classify: Classifier | None = None)
         except psutil.Error:
             continue
         pss: int | None
+        uss: int | None
         try:
-            pss = getattr(proc.memory_full_info(), "pss", None)
+            full = proc.memory_full_info()
+            pss, uss = getattr(full, "pss", None), getattr(full, "uss", None)
         except psutil.Error:
-            pss = None
+            pss = uss = None
         pids.append(proc.pid)
         rss_total += rss
         pss_total = pss_total + pss if pss_total is not None and pss is not None else None
         kind = classify(cmdline) if classify is not None else "all"
-        slot = by_kind.setdefault(kind, {"processes": 0, "rss_bytes": 0})
+        slot = by_kind.setdefault(kind, {"processes": 0, "rss_bytes": 0, "pss_bytes": 0, "uss_bytes": 0})
         slot["processes"] += 1
         slot["rss_bytes"] += rss
+        for key, value in (("pss_bytes", pss), ("uss_bytes", uss)):
+            if value is None:
+                slot.pop(key, None)
+            elif key in slot:
+                slot[key] += value
     return Usage(len(pids), rss_total, pss_total, by_kind, tuple(sorted(pids)))
 
 

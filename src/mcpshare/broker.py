@@ -458,8 +458,11 @@ class Broker:
         try:
             answer: dict[str, Any] = {"ok": True, "server": name, "key": lease.key.short(), "pid": lease.pid}
             take_stdio = hello.get("stdio") == runtime.STDIO_PASS and isinstance(stream, anyio.abc.UNIXSocketStream)
+            text_ending = take_stdio and hello.get("ending") == runtime.ENDING_TEXT
             if take_stdio:
                 answer["stdio"] = runtime.STDIO_PASS
+            if text_ending:
+                answer["ending"] = runtime.ENDING_TEXT
             if not take_stdio:
                 self._promised -= promised
                 promised = 0
@@ -471,7 +474,7 @@ class Broker:
                         self._promised -= promised
                         promised = 0
 
-                    await self._serve_stdio(stream, buffered, lease, received)
+                    await self._serve_stdio(stream, buffered, lease, received, text_ending=text_ending)
                 else:
                     await relay(stream, buffered, lease)
         finally:
@@ -488,14 +491,24 @@ class Broker:
         buffered: BufferedByteReceiveStream,
         lease: Lease,
         received: Callable[[], None] = lambda: None,
+        *,
+        text_ending: bool = False,
     ) -> None:
         """Serve the client on the stdin/stdout its shim handed over; tell the shim how it ended.
 
-        The shim's socket then carries nothing until our last line: its end (EOF, or the shim killed) ends the
-        session too, since a client that killed its "server" must not keep a session on the real one.
+        The shim's socket then carries nothing until our last line (:func:`runtime.ending_line`, as text when the
+        shim waits as a shell): its end (EOF, or the shim killed) ends the session too, since a client that killed
+        its "server" must not keep a session on the real one.
         """
+
+        async def end(error: str | None) -> None:
+            try:
+                await stream.send(runtime.ending_line(error, text=text_ending))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                pass  # the shim is gone: nobody to tell
+
         if buffered.buffer:
-            await _answer(stream, {"end": "error", "error": "protocol error: data before the descriptors"})
+            await end("protocol error: data before the descriptors")
             return
         try:
             with anyio.fail_after(HELLO_TIMEOUT):
@@ -507,11 +520,11 @@ class Broker:
         if len(fds) != 2:
             for fd in fds:
                 os.close(fd)
-            await _answer(stream, {"end": "error", "error": "protocol error: expected stdin and stdout"})
+            await end("protocol error: expected stdin and stdout")
             return
         client_out = FdSendStream(fds[1])
         client_in = FdLineReceiveStream(fds[0], DEFAULT_MAX_LINE_BYTES)
-        ending: dict[str, Any] = {"end": "error", "error": "the broker is stopping"}
+        ending: str | None = "the broker is stopping"
         ended: str | None = "the shim went away"  # unless the relay returns: the shim's socket ended first
         try:
             async with anyio.create_task_group() as tg:
@@ -526,12 +539,12 @@ class Broker:
                 tg.start_soon(watch_shim)
                 ended = await relay_to_pipe(client_out, client_in, lease)
                 tg.cancel_scope.cancel()
-            ending = {"end": "eof"} if ended is None else {"end": "error", "error": ended}
+            ending = ended
         finally:
             with anyio.CancelScope(shield=True):
                 await client_in.aclose()
                 await client_out.aclose_between_items(CLIENT_LINE_LINGER)
-                await _answer(stream, ending)
+                await end(ending)
 
     # ------------------------------------------------------------------ control
 

@@ -1,4 +1,4 @@
-"""The ``mcpshare`` command line: serve, connect, status, logs, stop, restart, wrap, unwrap, demo.
+"""The ``mcpshare`` command line: serve, connect, status, logs, stop, restart, wrap, unwrap, service, demo.
 
 Layer 9, a typer + rich front over the broker (:mod:`mcpshare.broker`), the shim (:mod:`mcpshare.shim`) and the
 pool. ``connect`` never gets here when the console script is ``mcpshare.entry:main`` (it must not pay for typer and
@@ -290,15 +290,48 @@ def wrap(
         list[str] | None,
         typer.Option("--server", "-s", help="Only these servers (repeatable; NAME@DIR for a project)."),
     ] = None,
+    http: Annotated[
+        bool,
+        typer.Option("--http", help="Point the entries at the broker's HTTP front instead (no shim process)."),
+    ] = False,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="With --http: the front's port (default 17432, the service's)."),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Say what would change; write nothing.")] = False,
 ) -> None:
-    """Rewrite a client config so its stdio servers run through `mcpshare connect` (the original is kept)."""
+    """Rewrite a client config so its stdio servers run through `mcpshare connect`, or with --http reach the
+    broker's HTTP front (the original is kept; `mcpshare unwrap` gives it back)."""
+    if port is not None and not http:
+        raise _fail("--port goes with --http", 2)
     module = _wrap_module()
+    target = module.HttpTarget(port or module.DEFAULT_HTTP_PORT) if http else None
+    extra = {"http": target} if target is not None else {}
     try:
-        result = module.wrap_file(config, servers=server or None, dry_run=dry_run)  # launcher: wrap's default
+        result = module.wrap_file(config, servers=server or None, dry_run=dry_run, **extra)  # launcher: wrap's default
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
     _show(result, "wrapped")
+    if target is not None and result.changed:
+        _explain_http(target)
+
+
+def _explain_http(target: Any) -> None:
+    """How the wrapped HTTP entries reach the broker: its front must listen there, the token must be in the env."""
+    url = f"http://127.0.0.1:{target.port}/mcp/"
+    answer = _control("status")
+    running = answer is not None and str(answer["broker"].get("http") or "") == url
+    console.print(
+        f"  the entries point at {url} ("
+        + ("the broker's HTTP front is listening there" if running else "start it: `mcpshare service install`")
+        + f"); their definitions are in {target.servers_file}",
+        highlight=False,
+    )
+    console.print(
+        f"  they take the broker's token from ${target.token_var}: set it where the client starts, e.g. in your "
+        f'shell profile: export {target.token_var}="$(mcpshare service token)"',
+        highlight=False,
+    )
 
 
 @app.command()
@@ -313,6 +346,99 @@ def unwrap(
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
     _show(result, "unwrapped")
+
+
+# ---------------------------------------------------------------------------------------------- service
+# The files and the managers are mcpshare.service's; this front says what was done and what to do next.
+
+service_app = typer.Typer(
+    help="Run the broker with its HTTP front at login (systemd user unit, launchd agent).", no_args_is_help=True
+)
+app.add_typer(service_app, name="service")
+_PORT_OPTION = typer.Option(min=1, max=65535, help="The HTTP front's port (the URLs `wrap --http` writes name it).")
+
+
+@service_app.command("install")
+def service_install(port: Annotated[int | None, _PORT_OPTION] = None) -> None:
+    """Install and start the broker as a user service: `mcpshare serve --http PORT`, restarted if it fails."""
+    from mcpshare import service
+
+    spec = service.ServiceSpec.build(port or service.DEFAULT_HTTP_PORT, environ=os.environ)
+    manager = service.detect_manager()
+    if manager is None:
+        console.print(
+            "no service manager found (a systemd user manager, or launchd): start the broker from your session's "
+            f"startup instead, e.g.\n  {service.by_hand(spec)}",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    running = _control("status")
+    try:
+        path = service.install(manager, spec)
+    except service.ServiceError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"installed {path} and started it ({manager}): {' '.join(spec.argv)}", highlight=False)
+    if running is not None and not running["broker"].get("http"):
+        console.print(
+            f"  a broker without the HTTP front runs (pid {running['broker']['pid']}): the service's starts once it "
+            "exits (an autostarted broker does after 10 idle minutes); `mcpshare stop` replaces it now, and its "
+            "clients reconnect",
+            highlight=False,
+        )
+
+
+@service_app.command("uninstall")
+def service_uninstall() -> None:
+    """Stop the broker's user service and remove its file."""
+    from mcpshare import service
+
+    manager = service.detect_manager()
+    if manager is None:
+        raise _fail("no service manager found (a systemd user manager, or launchd): nothing was installed")
+    try:
+        path = service.uninstall(manager, Path.home())
+    except service.ServiceError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"removed {path} ({manager})" if path else "no mcpshare service was installed", highlight=False)
+
+
+@service_app.command("status")
+def service_status(port: Annotated[int | None, _PORT_OPTION] = None) -> None:
+    """Say whether the service is installed and whether its broker runs (exit status 1 when it does not)."""
+    from mcpshare import service
+
+    manager = service.detect_manager()
+    home = Path.home()
+    if manager is None:
+        spec = service.ServiceSpec.build(port or service.DEFAULT_HTTP_PORT, environ=os.environ)
+        console.print(f"no service manager found: run the broker by hand, e.g.\n  {service.by_hand(spec)}")
+    else:
+        path = service.unit_path(home) if manager == "systemd" else service.plist_path(home)
+        installed = f"installed: {path}" if path.exists() else "not installed"
+        console.print(f"service ({manager}): {installed}; {service.manager_state(manager)}", highlight=False)
+    answer = _control("status")
+    if answer is None:
+        console.print(f"broker: {_no_broker()}", highlight=False)
+        raise typer.Exit(1)
+    broker = answer["broker"]
+    front = f"HTTP front {broker['http']}<server>" if broker.get("http") else "no HTTP front"
+    console.print(f"broker: running, pid {broker['pid']}, {front}", highlight=False)
+    if not broker.get("http"):
+        raise typer.Exit(1)
+
+
+@service_app.command("token")
+def service_token() -> None:
+    """Print the HTTP front's bearer token (created if there is none yet), for the clients' environment."""
+    from mcpshare.http_front import load_or_create_token
+
+    paths = runtime.RuntimePaths.default()
+    try:
+        runtime.ensure_runtime_dir(paths.directory)
+        token = load_or_create_token(paths.token)
+    except OSError as exc:
+        raise _fail(f"cannot read or create {paths.token}: {exc}") from None
+    sys.stdout.write(token + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- demo

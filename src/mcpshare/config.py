@@ -53,6 +53,7 @@ __all__ = [
     "merge",
     "parse_server",
     "parse_servers",
+    "shared_servers_path",
 ]
 
 ShareScope = Literal["global", "workspace", "thread"]
@@ -877,13 +878,21 @@ def merge(*configs: McpConfig) -> McpConfig:
     return McpConfig(servers, tuple(dict.fromkeys(sources)), unusable)
 
 
+def shared_servers_path(home: Path) -> Path:
+    """mcpshare's own servers file (``mcpServers`` JSON): the stdio definitions ``mcpshare wrap --http`` moved out of
+    client configs, which now point at the broker's HTTP front instead (see :mod:`mcpshare.http_servers`)."""
+    return home / ".config" / "mcpshare" / "servers.json"
+
+
 def default_config_paths(*, home: Path, cwd: Path) -> list[Path]:
     """The config files that exist among the usual places, in a fixed order: Codex, the project's ``.mcp.json``,
-    Claude Code, Claude Desktop (the Linux location). Paths are taken as given (``$CODEX_HOME`` is not consulted)."""
+    Claude Code, Claude Desktop (the Linux location), then mcpshare's own servers file, last so that its definitions
+    win over the HTTP entries that point at them. Paths are taken as given (``$CODEX_HOME`` is not consulted)."""
     candidates = [
         home / ".codex" / "config.toml",
         cwd / ".mcp.json",
         home / ".claude.json",
         home / ".config" / "Claude" / "claude_desktop_config.json",
+        shared_servers_path(home),
     ]
     return [path for path in candidates if path.is_file()]

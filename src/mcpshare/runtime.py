@@ -35,7 +35,10 @@ Wire protocol (version :data:`PROTOCOL`), one JSON object per line, UTF-8:
 * unless the hello offered ``"stdio": "pass"`` and the answer accepted it with the same field: then the shim sends
   one byte carrying its stdin and stdout (``SCM_RIGHTS``) and relays nothing; the broker reads and writes the
   client's pipes itself and, when the session ends, sends one last line, ``{"end": "eof"}`` (the client ended it)
-  or ``{"end": "error", "error": "..."}``, and closes. The shim closing the socket ends the session too.
+  or ``{"end": "error", "error": "..."}``, and closes. The shim closing the socket ends the session too;
+* a hello that offers ``"stdio": "pass"`` may also ask for ``"ending": "text"``; a broker that echoes it in its
+  answer sends that last line as plain text instead, ``eof`` or ``error REASON`` (the reason on one line), which a
+  POSIX shell's ``read`` takes apart: the shim then waits as ``/bin/sh`` instead of as a Python interpreter.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ PROTOCOL = 1
 
 STDIO_PASS = "pass"
 """The hello field ``"stdio"`` with this value: the shim can hand its stdin/stdout over to the broker."""
+
+ENDING_TEXT = "text"
+"""The hello field ``"ending"`` with this value: the broker's last line on a handed-over session is plain text
+(:func:`ending_line`), so that a shell can read it."""
 
 ENV_RUNTIME_DIR = "MCPSHARE_RUNTIME_DIR"
 SOCKET_NAME = "broker.sock"
@@ -361,3 +368,39 @@ def decode_line(line: bytes) -> dict[str, object]:
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     return value
+
+
+# ---------------------------------------------------------------------------------------------- the last line
+
+_CONTROL_CHARACTERS = {code: " " for code in (*range(32), 127)}
+
+
+def ending_line(error: str | None, *, text: bool) -> bytes:
+    """The broker's last line on a handed-over session: the client ended it (``error`` None), or why it ended.
+
+    ``text``: ``eof`` or ``error REASON`` with the reason on one printable line (a shell reads it with ``read -r``
+    and prints it as it is); else the JSON form older shims read.
+    """
+    if not text:
+        return encode_line({"end": "eof"} if error is None else {"end": "error", "error": error})
+    if error is None:
+        return b"eof\n"
+    reason = error.translate(_CONTROL_CHARACTERS).strip() or "no reason given"
+    return b"error " + reason.encode("utf-8", "replace") + b"\n"
+
+
+def parse_ending(line: bytes) -> str | None:
+    """The inverse of :func:`ending_line`, either form: None when the client ended the session, else the reason.
+
+    ValueError for a line that is neither form.
+    """
+    if line.startswith(b"{"):
+        ending = decode_line(line)
+        if ending.get("end") == "eof":
+            return None
+        return str(ending.get("error") or "no reason given")
+    if line == b"eof":
+        return None
+    if line.startswith(b"error "):
+        return line[len(b"error ") :].decode("utf-8", "replace") or "no reason given"
+    raise ValueError("not an ending line")

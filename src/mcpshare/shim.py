@@ -8,7 +8,7 @@ cached handshake and it sees only its own responses, progress and server-to-clie
 Why so frugal. One shim runs per (client x server), so its cost is multiplied: a CPython process that imports the
 SDK is ~40 MB and half a second. This module and :mod:`mcpshare.runtime` import only cheap standard-library
 modules (no SDK, anyio, typer, rich or psutil; test_shim.py checks it), parse arguments by hand (argparse is slow
-to import): ~10 MB and tens of milliseconds.
+to import): ~10 MB for the tens of milliseconds until it connects (then it waits as a shell, see below).
 
 Why it hands its stdio over. A relaying shim costs every message two more process wake-ups (client -> shim ->
 broker and back), which doubled the latency of a quick call. So when stdin and stdout are pipes or sockets (what
@@ -16,6 +16,15 @@ every MCP client gives a server), the shim passes them to the broker over the Un
 only waits: the broker reads the client's requests and writes its answers directly, as a server would, and tells
 the shim how the session ended so it can exit with the right status and message. Otherwise (a terminal, a file, a
 broker without the feature, or ``MCPSHARE_PASS_STDIO=0``) it relays the bytes itself with two plain threads.
+
+Why it then waits as ``/bin/sh``. One shim runs per (client x server): Codex with 10 threads x 3 servers runs 30.
+Once the stdio is handed over, all a shim still does is wait for the broker's last line on its socket and exit with
+the right status and message, and a Python interpreter does that for ~4 MB of memory of its own (PSS). So the shim
+``exec``s the one waiter every POSIX system has, ``/bin/sh``, keeping its pid, with the socket as fd 3 and a
+script of builtins only (``read``, ``case``, ``printf``): nothing forks, so the socket has one holder and killing the
+shim still ends its session. dash (Debian's sh) costs ~0.2 MB PSS and bash ~0.4 MB, against ~4.2 MB for Python;
+the broker sends that last line as plain text when asked (``"ending": "text"``). Where there is no ``/bin/sh``, or
+with ``MCPSHARE_WAITER=python``, the interpreter waits as before.
 
 Why autostart. The first client to need the broker starts it, detached (double fork, new session). Ten clients
 starting at once may each start one; each broker takes an exclusive ``flock`` before doing anything else, the
@@ -36,7 +45,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from mcpshare import runtime
 from mcpshare.connect_line import ConnectLine, HelpRequested, UsageError, parse
@@ -75,6 +84,24 @@ by default, longer for a first ``npx`` download), so this only catches a broker 
 RESPAWN_INTERVAL = 3.0
 """Seconds between two autostart attempts of one shim, while no broker holds the lock."""
 CHUNK = 65536
+
+ENV_WAITER = "MCPSHARE_WAITER"
+"""``python`` keeps the interpreter waiting for the end of a handed-over session instead of ``exec``ing /bin/sh."""
+WAITER_SHELL = "/bin/sh"
+WAITER_FD = 3
+"""Where the waiting shell finds the broker's socket. Not on stdin: bash, unless invoked as sh, takes a socket on
+its stdin for rshd's and runs ~/.bashrc."""
+WAIT_SCRIPT = (
+    "trap 'exit 130' INT; "  # as the interpreter does on Ctrl-C
+    f"IFS= read -r end <&{WAITER_FD} || end=; "  # no newline: the broker died mid-line, or before saying anything
+    "case $end in eof) exit 0;; 'error '?*) why=${end#error };; *) why=$3;; esac; "
+    'printf "%s%s%s\\n" "$1" "$why" "$2" >&2; exit 1'
+)
+"""What the waiting shell runs: builtins only, so nothing else ever holds the socket. ``$0`` names it in ``ps``;
+``$1``/``$2`` are the message around the reason, ``$3`` the reason for a broker that went away without one (see
+:func:`_lost`, which words the same message for the interpreter)."""
+_SHELL_SETTINGS = ("ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "POSIXLY_CORRECT")
+"""Variables through which a user's shell settings would run in the waiter (startup files, xtrace...)."""
 
 
 class BrokerUnavailable(Exception):
@@ -121,7 +148,17 @@ def can_pass_stdio(environ: dict[str, str] | None = None) -> bool:
     return True
 
 
-def build_hello(request: Request, *, cwd: str, environ: dict[str, str], pass_stdio: bool = False) -> dict[str, object]:
+def waiter(environ: dict[str, str] | None = None) -> str | None:
+    """The shell to wait as after a hand-over (:data:`WAITER_SHELL`), or None: the interpreter waits itself."""
+    env = os.environ if environ is None else environ
+    if env.get(ENV_WAITER, "") == "python" or not os.access(WAITER_SHELL, os.X_OK):
+        return None
+    return WAITER_SHELL
+
+
+def build_hello(
+    request: Request, *, cwd: str, environ: dict[str, str], pass_stdio: bool = False, text_ending: bool = False
+) -> dict[str, object]:
     """The first line sent to the broker (see :mod:`mcpshare.runtime` for the protocol)."""
     spec = None
     if request.command is not None:
@@ -144,6 +181,8 @@ def build_hello(request: Request, *, cwd: str, environ: dict[str, str], pass_std
     }
     if pass_stdio:
         hello["stdio"] = runtime.STDIO_PASS
+        if text_ending:
+            hello["ending"] = runtime.ENDING_TEXT
     return hello
 
 
@@ -392,20 +431,30 @@ def relay(sock: _socket.socket, leftover: bytes, *, server: str, log: str) -> in
     return _lost(server, log)
 
 
-def _lost(server: str, log: str, reason: str | None = None) -> int:
-    why = reason or "the broker stopped or crashed, or ended this session"
-    sys.stderr.write(
-        f"mcpshare connect: lost the connection to the mcpshare broker serving {server!r} ({why}; its log: {log}). "
-        "Reconnect the MCP server in your client.\n"
+LOST_REASON = "the broker stopped or crashed, or ended this session"
+
+
+def _lost_message(server: str, log: str) -> tuple[str, str]:
+    """The message for a lost session, as the text before and after its reason (the shell waiter gets both)."""
+    return (
+        f"mcpshare connect: lost the connection to the mcpshare broker serving {server!r} (",
+        f"; its log: {log}). Reconnect the MCP server in your client.",
     )
+
+
+def _lost(server: str, log: str, reason: str | None = None) -> int:
+    head, tail = _lost_message(server, log)
+    sys.stderr.write(f"{head}{reason or LOST_REASON}{tail}\n")
     return 1
 
 
-def hand_over(sock: _socket.socket, leftover: bytes, *, server: str, log: str) -> int:
+def hand_over(sock: _socket.socket, leftover: bytes, *, server: str, log: str, shell: str | None = None) -> int:
     """Give our stdin and stdout to the broker, then wait for its word on how the session ended.
 
     Our own copies are replaced by /dev/null at once, so that when the broker closes the client's stdout (or dies)
-    the client sees the end of it without waiting for us. Returns 0 when the client ended the session.
+    the client sees the end of it without waiting for us. With a ``shell`` (the broker agreed to end with a text
+    line), we wait as that shell (:func:`exec_waiter`) and never return; else, or if it cannot run, right here.
+    Returns 0 when the client ended the session.
     """
     fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (0, 1))  # a C int[2]
     try:
@@ -415,17 +464,53 @@ def hand_over(sock: _socket.socket, leftover: bytes, *, server: str, log: str) -
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
+    if shell is not None and not leftover:  # (leftover: bytes after the answer, which only we hold; never seen)
+        exec_waiter(shell, sock, server=server, log=log)  # returns if the exec failed: then we wait here
     os.close(null)
     try:
         read = _read_line(sock, leftover)
-        ending = runtime.decode_line(read[0]) if read is not None else None
+        if read is None:
+            return _lost(server, log)
+        reason = runtime.parse_ending(read[0])
     except (OSError, ValueError):
-        ending = None
-    if ending is None:
         return _lost(server, log)
-    if ending.get("end") == "eof":
-        return 0
-    return _lost(server, log, str(ending.get("error") or "no reason given"))
+    return 0 if reason is None else _lost(server, log, reason)
+
+
+def exec_waiter(shell: str, sock: _socket.socket, *, server: str, log: str) -> None:
+    """Become ``shell`` running :data:`WAIT_SCRIPT` on the broker's socket (fd 3); returns only if the exec fails.
+
+    Same pid, so the client still waits for "its server"; the socket takes fd 3 (our copy of whatever the client
+    left there is dropped), the other descriptors stay as they were. SIGPIPE goes back to its default (Python
+    ignores it, and an ignored signal stays ignored across exec); the user's shell settings are left out of the
+    environment so that the script runs alone, while the rest of it stays (it is how tools find a process's
+    session).
+    """
+    import _signal
+
+    head, tail = _lost_message(server, log)
+    argv = [shell, "-c", WAIT_SCRIPT, f"mcpshare connect {server} (waiting)", head, tail, LOST_REASON]
+    moved = sock.fileno() != WAITER_FD
+    try:
+        if moved:
+            os.dup2(sock.fileno(), WAITER_FD)  # inheritable
+        else:
+            os.set_inheritable(WAITER_FD, True)  # (a dup2 onto itself would leave it close-on-exec)
+        _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+        os.execve(shell, argv, waiter_environ(os.environ))
+    except OSError:
+        _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
+        if moved:
+            os.close(WAITER_FD)
+        else:
+            os.set_inheritable(WAITER_FD, False)
+
+
+def waiter_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without the variables through which a user's shell settings would run in the waiter."""
+    return {
+        key: value for key, value in environ.items() if key not in _SHELL_SETTINGS and not key.startswith("BASH_FUNC_")
+    }
 
 
 def server_keys(request: Request, *, cwd: str) -> list[str]:
@@ -520,10 +605,10 @@ def _display(argv: list[str]) -> str:
 
 
 def connect(
-    request: Request, *, paths: runtime.RuntimePaths, cwd: str, pass_stdio: bool = False
-) -> tuple[_socket.socket, bytes, bool]:
-    """A socket on which the broker accepted our hello, any bytes it already sent after its answer, and whether it
-    takes our stdio (only if we offered it)."""
+    request: Request, *, paths: runtime.RuntimePaths, cwd: str, pass_stdio: bool = False, text_ending: bool = False
+) -> tuple[_socket.socket, bytes, bool, bool]:
+    """A socket on which the broker accepted our hello, any bytes it already sent after its answer, whether it
+    takes our stdio (only if we offered it), and whether it will end with a text line (only if we asked)."""
     try:
         timeout = float(os.environ.get(ENV_CONNECT_TIMEOUT) or DEFAULT_CONNECT_TIMEOUT)
     except ValueError:
@@ -532,7 +617,7 @@ def connect(
         paths, autostart=request.autostart, timeout=timeout, server_keys=lambda: server_keys(request, cwd=cwd)
     )
     try:
-        hello = build_hello(request, cwd=cwd, environ=dict(os.environ), pass_stdio=pass_stdio)
+        hello = build_hello(request, cwd=cwd, environ=dict(os.environ), pass_stdio=pass_stdio, text_ending=text_ending)
         answer, leftover = handshake(sock, hello, timeout=HELLO_TIMEOUT)
         if answer.get("ok") is not True:
             reason = str(answer.get("error") or "no reason given")
@@ -542,7 +627,8 @@ def connect(
     except BaseException:
         sock.close()
         raise
-    return sock, leftover, pass_stdio and answer.get("stdio") == runtime.STDIO_PASS
+    handed = pass_stdio and answer.get("stdio") == runtime.STDIO_PASS
+    return sock, leftover, handed, handed and text_ending and answer.get("ending") == runtime.ENDING_TEXT
 
 
 def main(argv: list[str]) -> int:
@@ -557,8 +643,11 @@ def main(argv: list[str]) -> int:
         return 2
     cwd = os.getcwd()
     paths = runtime.RuntimePaths.default()
+    shell = waiter()
     try:
-        sock, leftover, handed = connect(request, paths=paths, cwd=cwd, pass_stdio=can_pass_stdio())
+        sock, leftover, handed, text = connect(
+            request, paths=paths, cwd=cwd, pass_stdio=can_pass_stdio(), text_ending=shell is not None
+        )
     except BrokerUnavailable as exc:
         return fallback(request, str(exc), cwd=cwd)
     except BrokerRefused as exc:
@@ -568,7 +657,7 @@ def main(argv: list[str]) -> int:
         return 130
     try:
         if handed:
-            return hand_over(sock, leftover, server=request.server, log=paths.log)
+            return hand_over(sock, leftover, server=request.server, log=paths.log, shell=shell if text else None)
         return relay(sock, leftover, server=request.server, log=paths.log)
     except KeyboardInterrupt:
         return 130

@@ -27,6 +27,20 @@ edited the wrapped file since, restoring the backup would throw their edits away
 from its embedded form instead (the rest of the file is untouched), keeps the backup, and says that the result is
 equivalent but maybe not byte-identical. For the same reason a later wrap never replaces a backup that holds
 something the current file does not.
+
+Why ``--http``. A host that speaks Streamable HTTP (Codex, Claude Code, Cursor, VS Code) needs no shim process at
+all: ``wrap --http`` turns each stdio entry into an HTTP entry for the broker's HTTP front
+(``http://127.0.0.1:PORT/mcp/<route>``, ``serve --http PORT`` or ``mcpshare service install``). What runs the
+server (``command``, ``args``, ``env``, ``cwd``, ``share``) moves to mcpshare's own servers file, where the broker
+reads it (:mod:`mcpshare.http_servers`): an HTTP entry may not keep them (Codex refuses such a config). The token
+never enters the file: Codex gets ``bearer_token_env_var = "MCPSHARE_HTTP_TOKEN"``, JSON hosts an
+``Authorization: Bearer ${MCPSHARE_HTTP_TOKEN}`` header, which they expand from their environment. An HTTP client
+sends no cwd, so the workspace of a ``share = "workspace"`` server is baked into the URL (``?cwd=``) where the file
+belongs to one project (``.mcp.json``, ``projects.<dir>`` of ``~/.claude.json``, a project's ``.codex/config.toml``);
+a user-wide entry is served in the broker's working directory (the home directory). Entries that read the client's
+environment (``env_vars``, ``${VAR}``) stay as they are: over HTTP there is no client environment to read. The backup
+and the byte-for-byte unwrap are the same as for the shim; unwrap also takes the definitions back out of the servers
+file.
 """
 
 from __future__ import annotations
@@ -46,20 +60,25 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import tomlkit
 import tomlkit.exceptions
-from tomlkit.items import Array, String, StringType
+from tomlkit.items import Array, InlineTable, String, StringType
 
-from mcpshare.config import ConfigError, DuplicateKeyError, unique_keys
+from mcpshare.config import ConfigError, DuplicateKeyError, shared_servers_path, unique_keys
 from mcpshare.connect_line import SHARE_SCOPES as _SHARE_SCOPES
 from mcpshare.connect_line import connect_index as _connect_index
 from mcpshare.connect_line import embedded_index as _embedded_index
 from mcpshare.connect_line import names_mcpshare as _names_mcpshare
+from mcpshare.http_servers import SharedServers, user_key
 
 __all__ = [
     "BACKUP_SUFFIX",
+    "DEFAULT_HTTP_PORT",
+    "HTTP_TOKEN_VAR",
     "SIDECAR_SUFFIX",
+    "HttpTarget",
     "WrapResult",
     "default_mcpshare_command",
     "is_wrapped",
@@ -229,6 +248,103 @@ def _prefix(launcher: Sequence[str], name: str, entry: Mapping[str, Any]) -> lis
     return [*launcher[1:], "connect", name, *options, "--", entry["command"]]
 
 
+# ---------------------------------------------------------------------------------------------- HTTP entries
+
+DEFAULT_HTTP_PORT = 17432
+"""The port of the broker's HTTP front that ``wrap --http`` and ``mcpshare service`` use unless told otherwise: fixed,
+since the clients' configs name it; below Linux's ephemeral range, so an outgoing connection never holds it."""
+HTTP_TOKEN_VAR = "MCPSHARE_HTTP_TOKEN"
+"""The environment variable the wrapped HTTP entries take the broker's bearer token from (it is never written into
+a config): Codex's ``bearer_token_env_var``, ``${MCPSHARE_HTTP_TOKEN}`` in a JSON entry's ``Authorization``."""
+_MOVED = ("type", "command", "args", "env", "env_vars", "cwd", "share")
+"""What leaves a stdio entry for the servers file: what runs the server, and what no HTTP entry may hold."""
+_HTTP_FIELDS = ("type", "url", "headers", "http_headers", "env_http_headers", "bearer_token_env_var")
+_FRONT_URL = re.compile(r"http://(?:127\.0\.0\.1|localhost):[0-9]+/mcp/([A-Za-z0-9._-]+)(?:\?[^#]*)?")
+
+
+@dataclass(frozen=True)
+class HttpTarget:
+    """Where ``wrap --http`` points the entries: the broker's HTTP front on 127.0.0.1:``port``; ``home`` is where
+    the servers file is (``~/.config/mcpshare/servers.json``) and what counts as the user's home directory."""
+
+    port: int
+    home: Path = field(default_factory=Path.home)
+    token_var: str = HTTP_TOKEN_VAR
+
+    @property
+    def servers_file(self) -> Path:
+        return shared_servers_path(self.home)
+
+    def url(self, route: str, workspace: str | None) -> str:
+        url = f"http://127.0.0.1:{self.port}/mcp/{route}"
+        return f"{url}?cwd={quote(workspace, safe='/')}" if workspace else url
+
+
+def front_route(entry: object) -> str | None:
+    """The route of an HTTP entry that points at a broker's HTTP front (what ``wrap --http`` writes), else None."""
+    url = entry.get("url") if isinstance(entry, Mapping) else None
+    match = _FRONT_URL.fullmatch(url) if isinstance(url, str) else None
+    return match.group(1) if match else None
+
+
+def _strings(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def _http_refusal(name: str, entry: object) -> str | None:
+    """Why ``wrap --http`` leaves an entry alone, or None to move it behind the broker's HTTP front."""
+    if front_route(entry) is not None:
+        return "already wrapped (HTTP)"
+    reason = _wrap_refusal(name, entry)
+    if reason is not None:
+        return reason
+    assert isinstance(entry, Mapping)
+    if entry.get("env_vars"):
+        return (
+            "env_vars: an HTTP client sends no environment to pass them from (`mcpshare wrap` without --http: the "
+            "shim passes them)"
+        )
+    if any("${" in text for key in _MOVED for text in _strings(entry.get(key))):
+        return (
+            "${...} in its definition: it would be read from the broker's environment, not the client's "
+            "(`mcpshare wrap` without --http: the shim passes the client's)"
+        )
+    if entry.get("type", "stdio") != "stdio" or any(key in entry for key in _HTTP_FIELDS if key != "type"):
+        return "invalid: a stdio entry with HTTP fields"
+    return None
+
+
+def _http_workspace(path: Path, server: _Server, home: Path) -> str | None:
+    """The workspace an HTTP client of this entry works in, where the file tells it: a project's ``.mcp.json``, a
+    ``projects.<dir>`` entry of ``~/.claude.json``, a project's ``.codex/config.toml``. None: a user-wide entry."""
+    if server.scope[:1] == ("projects",):
+        return os.path.abspath(server.scope[1])
+    absolute = Path(os.path.abspath(path))
+    if absolute.name == ".mcp.json":
+        return str(absolute.parent)
+    if absolute.name == "config.toml" and absolute.parent.name == ".codex" and absolute.parent.parent != home:
+        return str(absolute.parent.parent)
+    return None
+
+
+def _http_members(kind: str, url: str, token_var: str) -> list[tuple[str, Any]]:
+    """The members of the HTTP entry, in the host's own spelling."""
+    if kind == "toml":  # Codex: no type field; the token from the environment variable it names
+        return [("url", url), ("bearer_token_env_var", token_var)]
+    return [("type", "http"), ("url", url), ("headers", {"Authorization": f"Bearer ${{{token_var}}}"})]
+
+
+def _claude_desktop(path: Path) -> bool:
+    return path.name.lower() == "claude_desktop_config.json"
+
+
 # ---------------------------------------------------------------------------------------------- documents
 
 
@@ -256,6 +372,9 @@ class _Document(Protocol):
     def set_unwrapped(self, server: _Server, command: str, drop: int, keep_empty: bool) -> None:
         """Make the entry run ``command`` with the first ``drop`` args removed; no args left: ``[]`` or no key."""
 
+    def rewrite_entry(self, server: _Server, remove: Collection[str], insert: Sequence[tuple[str, Any]]) -> None:
+        """Take the ``remove`` keys out of the entry and put the ``insert`` members where the first of them was."""
+
     def render(self) -> str: ...
 
     @staticmethod
@@ -280,6 +399,8 @@ def _load(path: Path, text: str) -> _Document:
 
 class _TomlDocument:
     """A Codex ``config.toml``: ``[mcp_servers.NAME]`` tables (or inline tables, or dotted keys), via tomlkit."""
+
+    kind = "toml"
 
     def __init__(self, text: str, file: str) -> None:
         try:
@@ -332,6 +453,42 @@ class _TomlDocument:
             table["args"] = tomlkit.array()
         else:
             del table["args"]
+
+    def rewrite_entry(self, server: _Server, remove: Collection[str], insert: Sequence[tuple[str, Any]]) -> None:
+        table = self._table(server)
+        keys = list(table.keys())
+        at = next((index for index, key in enumerate(keys) if key in remove), len(keys))
+        if isinstance(table, InlineTable):
+            # Rebuilt as text in the table's own style: deleting in place leaves the spaces of what was removed.
+            parts = [f"{tomlkit.key(key).as_string()} = {table.item(key).as_string()}" for key in keys]
+            new = [f"{tomlkit.key(key).as_string()} = {tomlkit.item(value).as_string()}" for key, value in insert]
+            kept = [part for key, part in zip(keys, parts, strict=True) if key not in remove]
+            position = sum(1 for key in keys[:at] if key not in remove)
+            kept[position:position] = new
+            spaced = table.as_string().startswith("{ ")
+            inner = ", ".join(kept)
+            text = f"{{ {inner} }}" if spaced and inner else f"{{{inner}}}"
+            self._doc["mcp_servers"][server.name] = tomlkit.parse(f"x = {text}\n")["x"]
+            return
+        # A [mcp_servers.NAME] table: plain values go where the first removed key was (after the comments above
+        # it), tables (an env) at the end, where TOML wants sub-tables.
+        plain = [(key, value) for key, value in insert if not isinstance(value, Mapping)]
+        placed = False
+        if at < len(keys):
+            try:
+                index = table.value._map[keys[at]]
+                index = index if isinstance(index, int) else index[0]
+                for offset, (key, value) in enumerate(plain):
+                    table.value._insert_at(index + offset, key, tomlkit.item(value))
+                placed = True
+            except (AttributeError, KeyError, IndexError, TypeError, tomlkit.exceptions.TOMLKitError):
+                placed = False  # dotted keys and the like: appended below; the result is checked either way
+        for key in remove:
+            if key in table:
+                del table[key]
+        for key, value in insert:
+            if isinstance(value, Mapping) or not placed:
+                table[key] = value
 
     def render(self) -> str:
         text = tomlkit.dumps(self._doc)
@@ -466,6 +623,8 @@ def _scan(
 
 class _JsonDocument:
     """An ``mcpServers`` JSON file, edited as text: only the spans of the values that change are replaced."""
+
+    kind = "json"
 
     def __init__(self, text: str, file: str) -> None:
         try:
@@ -605,6 +764,30 @@ class _JsonDocument:
             else:
                 self._edit(args.key_start, members[index + 1].key_start, "")
 
+    def rewrite_entry(self, server: _Server, remove: Collection[str], insert: Sequence[tuple[str, Any]]) -> None:
+        # The entry's object is written again from its own pieces: the members it keeps verbatim, its separators,
+        # its colon and indentation; the new members in their place.
+        entry = self._entries[server.scope]
+        members = entry.members or []
+        at = next((index for index, member in enumerate(members) if member.key in remove), len(members))
+        texts = [self._text[member.key_start : member.value.end] for member in members if member.key not in remove]
+        if members:
+            colon = self._text[members[0].key_end : members[0].value.start]
+            lead = self._text[entry.start + 1 : members[0].key_start]
+            trail = self._text[members[-1].value.end : entry.end - 1]
+            separator = self._member_separator(entry, members[0])
+        else:
+            colon, lead, trail, separator = ": ", "", "", ", "
+        new = [_dump(key) + colon + self._render_value(value, entry, members) for key, value in insert]
+        position = sum(1 for member in members[:at] if member.key not in remove)
+        texts[position:position] = new
+        self._edit(entry.start, entry.end, "{" + lead + separator.join(texts) + trail + "}")
+
+    def _render_value(self, value: Any, entry: _JsonValue, members: list[_JsonMember]) -> str:
+        if isinstance(value, list) and members and all(isinstance(item, str) for item in value):
+            return self._render_array(value, entry, members[0])
+        return json.dumps(value, ensure_ascii=False)
+
     def _edit(self, start: int, end: int, replacement: str) -> None:
         self._edits.append((start, end, replacement))
 
@@ -737,24 +920,30 @@ def _free_rotation(backup: Path) -> Path:
         number += 1
 
 
+def _with_command(entry: Mapping[str, Any], command: str, args: list[str] | None) -> dict[str, Any]:
+    """``entry`` running ``command`` with ``args`` (None: no ``args`` key)."""
+    changed = dict(entry, command=command)
+    if args is None:
+        changed.pop("args", None)
+    else:
+        changed["args"] = args
+    return changed
+
+
 def _check_output(
-    document: _Document, output: str, changes: Mapping[tuple[str, ...], tuple[str, list[str] | None]], file: str
+    document: _Document, output: str, changes: Mapping[tuple[str, ...], Mapping[str, Any]], file: str
 ) -> None:
     """Parse the new text and compare it with the old data plus exactly the intended changes; refuse otherwise.
 
     The parsers used here are the standard library's, not the editors': an editing bug cannot hide from its own
-    reader. ``changes`` maps an entry's scope to its new command and args (None: no ``args`` key).
+    reader. ``changes`` maps an entry's scope to the whole entry it must now be.
     """
     expected = copy.deepcopy(document.plain)
-    for scope, (command, args) in changes.items():
-        entry = expected
-        for key in scope:
-            entry = entry[key]
-        entry["command"] = command
-        if args is None:
-            entry.pop("args", None)
-        else:
-            entry["args"] = args
+    for scope, changed in changes.items():
+        holder = expected
+        for key in scope[:-1]:
+            holder = holder[key]
+        holder[scope[-1]] = copy.deepcopy(dict(changed))
     try:
         actual = document.reparse(output)
     except ValueError as exc:
@@ -784,8 +973,10 @@ def wrap_file(
     mcpshare_command: Sequence[str] | None = None,
     servers: Collection[str] | None = None,
     dry_run: bool = False,
+    http: HttpTarget | None = None,
 ) -> WrapResult:
-    """Rewrite the stdio servers of a Codex ``.toml`` or ``mcpServers`` ``.json`` file to launch through the shim.
+    """Rewrite the stdio servers of a Codex ``.toml`` or ``mcpServers`` ``.json`` file to launch through the shim,
+    or, with ``http``, to reach the broker's HTTP front (their definitions go to ``http.servers_file``).
 
     ``mcpshare_command`` is the launcher (default :func:`default_mcpshare_command`; a lone string is one word);
     its last word must be mcpshare, which is how wrapped entries are recognized later.
@@ -793,28 +984,58 @@ def wrap_file(
     wrapped are skipped, and a file with nothing to wrap is not touched. Raises :class:`ConfigError` (naming the file
     and, for syntax errors, the line) for a file that cannot be read or parsed.
     """
-    launcher = _launcher(mcpshare_command)
+    launcher = _launcher(mcpshare_command) if http is None else []
     source = _read(Path(path))
     file = os.fspath(source.path)
+    if http is not None and _claude_desktop(source.path):
+        raise ConfigError(
+            "Claude Desktop's config file runs stdio servers only; `mcpshare wrap` without --http shares them through "
+            "the shim",
+            file=file,
+        )
     document = _load(source.path, source.text)
+    shared = SharedServers.load(http.servers_file) if http is not None else None
     result = WrapResult(path=source.path, backup=None, dry_run=dry_run)
     wanted = _selection(servers)
-    changes: dict[tuple[str, ...], tuple[str, list[str] | None]] = {}
+    changes: dict[tuple[str, ...], Mapping[str, Any]] = {}
     any_wrapped = False
+    user_wide: list[str] = []
     for server in document.servers():
-        if isinstance(server.entry, Mapping) and is_wrapped(server.entry):
+        if isinstance(server.entry, Mapping) and (is_wrapped(server.entry) or front_route(server.entry)):
             any_wrapped = True
         if wanted is not None and server.name not in wanted and server.label not in wanted:
             result.skipped[server.label] = "not selected"
             continue
-        reason = _wrap_refusal(server.name, server.entry)
+        if http is not None:
+            reason = _http_refusal(server.name, server.entry)
+        else:
+            reason = "already wrapped (HTTP)" if front_route(server.entry) else _wrap_refusal(server.name, server.entry)
         if reason is not None:
             result.skipped[server.label] = reason
             continue
-        prefix = _prefix(launcher, server.name, server.entry)
-        document.set_wrapped(server, launcher[0], prefix)
-        changes[server.scope] = (launcher[0], [*prefix, *server.entry.get("args", [])])
+        if http is None:
+            prefix = _prefix(launcher, server.name, server.entry)
+            document.set_wrapped(server, launcher[0], prefix)
+            args = [*prefix, *server.entry.get("args", [])]
+            changes[server.scope] = _with_command(server.entry, launcher[0], args)
+        else:
+            assert shared is not None
+            definition = {key: server.entry[key] for key in _MOVED if key in server.entry}
+            route = shared.route_for(server.name, definition, user_key(source.path, server.label))
+            workspace = _http_workspace(source.path, server, http.home)
+            if workspace is None and server.entry.get("share", "workspace") == "workspace":
+                user_wide.append(server.label)
+            members = _http_members(document.kind, http.url(route, workspace), http.token_var)
+            document.rewrite_entry(server, list(definition), members)
+            kept = {key: value for key, value in server.entry.items() if key not in definition}
+            changes[server.scope] = {**kept, **dict(members)}
         result.changed.append(server.label)
+    if user_wide:
+        result.notes.append(
+            f'{", ".join(user_wide)}: share = "workspace", but an HTTP client does not say its cwd and this file '
+            "belongs to no project: served in the broker's working directory (your home directory under `mcpshare "
+            "service`), one process for all your projects"
+        )
     if wanted is not None:
         known = {name for server in document.servers() for name in (server.name, server.label)}
         result.skipped.update({name: "not in file" for name in sorted(wanted - known)})
@@ -829,6 +1050,8 @@ def wrap_file(
         _check_unchanged(source)
     _keep_backup(source, output, backup, sidecar, any_wrapped, result)
     if not dry_run:
+        if shared is not None:
+            shared.save()  # first: the definitions are there before any client points at them
         _replace_config(source, output)
     return result
 
@@ -885,12 +1108,14 @@ def _keep_backup(
 # ---------------------------------------------------------------------------------------------- unwrap
 
 
-def unwrap_file(path: str | os.PathLike[str], *, dry_run: bool = False) -> WrapResult:
+def unwrap_file(path: str | os.PathLike[str], *, dry_run: bool = False, home: Path | None = None) -> WrapResult:
     """Give a wrapped file its original servers back.
 
     If the file is exactly what wrap wrote, the backup is restored byte for byte and removed (``restored``).
-    Otherwise (edited since, or no backup) each wrapped entry gets its embedded command back, the rest of the file
-    stays as it is, the backup is kept, and a note says the result is equivalent but maybe not byte-identical.
+    Otherwise (edited since, or no backup) each wrapped entry gets its embedded command back (an HTTP entry, its
+    definition from the servers file), the rest of the file stays as it is, the backup is kept, and a note says the
+    result is equivalent but maybe not byte-identical. Either way, the definitions this file's HTTP entries used are
+    then taken out of the servers file under ``home`` (default: the user's), unless another file uses them too.
     """
     source = _read(Path(path))
     file = os.fspath(source.path)
@@ -899,26 +1124,35 @@ def unwrap_file(path: str | os.PathLike[str], *, dry_run: bool = False) -> WrapR
     backup, sidecar = _backup_paths(source.path)
     kept = _read_optional(backup)
     record = _read_sidecar(sidecar)
+    servers_file = shared_servers_path(home or Path.home())
+    shared = SharedServers.load(servers_file) if servers_file.exists() else None
     if (
         kept is not None
         and record is not None
         and record["wrapped"] == _sha256(source.raw)
         and record["original"] == _sha256(kept)
     ):
-        for server, _embedded in _wrapped_servers(document, result):
+        for server, _entry in _wrapped_servers(document, result, shared):
             result.changed.append(server.label)
         result.restored = True
         if not dry_run:
             _replace_config(source, kept)
             _remove(sidecar, backup)
+            _release(shared, source.path)
         return result
 
     original = _load_optional(source.path, kept)
-    changes: dict[tuple[str, ...], tuple[str, list[str] | None]] = {}
-    for server, (command, args) in _wrapped_servers(document, result):
-        keep_empty = _had_args(original, server.scope)
-        document.set_unwrapped(server, command, len(server.entry["args"]) - len(args), keep_empty)
-        changes[server.scope] = (command, args if args or keep_empty else None)
+    changes: dict[tuple[str, ...], Mapping[str, Any]] = {}
+    for server, restored in _wrapped_servers(document, result, shared):
+        if isinstance(restored, dict):  # an HTTP entry: its definition back in place of the HTTP members
+            document.rewrite_entry(server, [key for key in _HTTP_FIELDS if key in server.entry], list(restored.items()))
+            unchanged = {key: value for key, value in server.entry.items() if key not in _HTTP_FIELDS}
+            changes[server.scope] = {**unchanged, **restored}
+        else:
+            command, args = restored
+            keep_empty = _had_args(original, server.scope)
+            document.set_unwrapped(server, command, len(server.entry["args"]) - len(args), keep_empty)
+            changes[server.scope] = _with_command(server.entry, command, args if args or keep_empty else None)
         result.changed.append(server.label)
     output = source.raw
     if changes:
@@ -930,6 +1164,7 @@ def unwrap_file(path: str | os.PathLike[str], *, dry_run: bool = False) -> WrapR
             if changes:
                 _replace_config(source, output)
             _remove(sidecar, backup)
+            _release(shared, source.path)
         return result
     result.backup = backup if kept is not None else None
     if changes:
@@ -941,13 +1176,34 @@ def unwrap_file(path: str | os.PathLike[str], *, dry_run: bool = False) -> WrapR
         )
         if not dry_run:
             _replace_config(source, output)
+            _release(shared, source.path)
     return result
 
 
-def _wrapped_servers(document: _Document, result: WrapResult) -> Iterator[tuple[_Server, tuple[str, list[str]]]]:
-    """The entries with an embedded command, in file order; every other entry goes to ``skipped`` with a reason."""
+def _release(shared: SharedServers | None, config: Path) -> None:
+    """Take ``config``'s entries out of the servers file (after the config no longer points at them)."""
+    if shared is not None and shared.release(config):
+        shared.save()
+
+
+def _wrapped_servers(
+    document: _Document, result: WrapResult, shared: SharedServers | None = None
+) -> Iterator[tuple[_Server, tuple[str, list[str]] | dict[str, Any]]]:
+    """The entries with an embedded command (and it), or pointing at the broker's HTTP front with a definition in
+    the servers file (and that), in file order; every other entry goes to ``skipped`` with a reason."""
     for server in document.servers():
         entry = server.entry
+        route = front_route(entry)
+        if route is not None:
+            definition = shared.definition(route) if shared is not None else None
+            if definition is None:
+                result.skipped[server.label] = (
+                    f"points at the broker's HTTP front, but the servers file has no definition for {route!r} "
+                    "(nothing to restore)"
+                )
+            else:
+                yield server, dict(definition)
+            continue
         if not isinstance(entry, Mapping) or "command" not in entry:
             result.skipped[server.label] = "http" if isinstance(entry, Mapping) and "url" in entry else "not wrapped"
             continue

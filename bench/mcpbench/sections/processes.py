@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import psutil
+from mcp import ClientSession
 
 from mcpbench.clients import direct_session
 from mcpbench.core import BenchContext, Row, ratio, section
@@ -127,6 +129,10 @@ async def run_pooled(ctx: BenchContext, specs: list[ServerSpec], threads: int) -
     return result
 
 
+Connect = Callable[[ServerSpec, Mapping[str, str]], AbstractAsyncContextManager[ClientSession]]
+"""How a "thread" of :func:`run_direct` opens an initialized session to one server (given the marker env)."""
+
+
 async def run_direct(
     ctx: BenchContext,
     specs: list[ServerSpec],
@@ -135,12 +141,14 @@ async def run_direct(
     process_mb: float,
     label: str = "direct",
     also_measure: Sequence[str] = (),
+    connect: Connect | None = None,
 ) -> Measurement:
     """N threads, each with its own M servers through stdio_client; measure once all listed tools, then stop.
 
-    ``specs`` may be any stdio commands (the broker section passes shims). ``process_mb`` is the expected
-    memory per process, for the up-front memory check. Processes of the ``also_measure`` scenarios (a broker and
-    the servers it spawned) are counted and measured together with the threads' own.
+    ``specs`` may be any stdio commands (the broker section passes shims), and ``connect`` any other way to open a
+    session (the broker section's HTTP clients). ``process_mb`` is the expected memory per process, for the up-front
+    memory check. Processes of the ``also_measure`` scenarios (a broker and the servers it spawned) are counted and
+    measured together with the threads' own.
     """
     tracker = ctx.tracker
     result = Measurement(label, threads)
@@ -161,8 +169,13 @@ async def run_direct(
     ready = 0
     tool_counts: set[int] = set()
 
+    def stdio(spec: ServerSpec, env: Mapping[str, str]) -> AbstractAsyncContextManager[ClientSession]:
+        return direct_session(spec, env, errlog=ctx.errlog, cwd=ctx.workspace)
+
+    opener = connect or stdio
+
     async def server(spec: ServerSpec, up: anyio.Event) -> None:
-        async with direct_session(spec, env, errlog=ctx.errlog, cwd=ctx.workspace) as session:
+        async with opener(spec, env) as session:
             tools = await list_all_tools(session)
             tool_counts.add(len(tools))
             up.set()
