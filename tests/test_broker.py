@@ -473,12 +473,25 @@ WAITER = os.path.realpath("/bin/sh")
 
 
 async def wait_waiting(pid: int, timeout: float = 10.0) -> psutil.Process:
-    """Wait until the shim ``pid`` has become the /bin/sh waiter (exec'd after its hand-over); return it."""
+    """Wait until the shim ``pid`` has become the /bin/sh waiter (exec'd after its hand-over) and has set up its
+    trap for SIGINT (its first command: a signal before it would find the shell's default action); return it."""
     proc = psutil.Process(pid)
     with anyio.fail_after(timeout):
-        while proc.exe() != WAITER:  # noqa: ASYNC110 - the OS offers no event
+        while proc.exe() != WAITER or not _catches_sigint(pid):  # noqa: ASYNC110 - the OS offers no event
             await anyio.sleep(0.01)
     return proc
+
+
+def _catches_sigint(pid: int) -> bool:
+    """Whether ``pid`` has a handler for SIGINT (Linux: the SigCgt mask of /proc/PID/status); True elsewhere."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    except OSError:
+        pass
+    return True
 
 
 async def test_the_shim_hands_its_stdio_to_the_broker(broker_env: BrokerEnv, marker: str) -> None:

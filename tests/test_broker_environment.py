@@ -22,7 +22,7 @@ import anyio
 import psutil
 import pytest
 
-from helpers import NODE_ENTRIES, count_server_processes, server_argv
+from helpers import NODE_ENTRIES, SERVERS_DIR, count_server_processes, server_argv
 from mcpshare import runtime, shim
 from mcpshare.config import load_config
 from mcpshare.wrap import wrap_file
@@ -296,13 +296,13 @@ async def test_the_broker_never_runs_a_shim_as_a_server(broker_env: BrokerEnv, m
         for client in clients:
             start(client)
         pids = [call(client, 2, "whoami")["pid"] for client in clients]
-        servers = marked_servers(marker)
-        assert sorted(pids) == sorted(proc.pid for proc in servers)
-        for proc in count_server_processes(marker):  # every marked process is a real server or one of our shims
-            assert proc in servers or proc.pid in {client.proc.pid for client in clients}
-            assert proc in servers or proc.cmdline()[4:5] in (["fromhome"], ["alpha"])
-        shims = [p for p in broker_env.processes() if "connect" in p.cmdline()]
-        assert sorted(p.pid for p in shims) == sorted(client.proc.pid for client in clients)
+        shims = {client.proc.pid for client in clients}
+        servers = [proc for proc in count_server_processes(marker) if proc.pid not in shims]
+        assert sorted(pids) == sorted(proc.pid for proc in servers)  # two servers, and they are the real ones:
+        for proc in servers:
+            assert "connect" not in proc.cmdline() and proc.cmdline()[1:2] == [str(SERVERS_DIR / "testserver.py")]
+        assert all(client.proc.poll() is None for client in clients)  # the shims themselves are the clients'
+        assert len(pids) == 2 and len(set(pids)) == 2
     finally:
         for client in clients:
             client.close()

@@ -693,6 +693,11 @@ class BackendPool:
         while True:
             self._check_open()
             entry = self._entries.get(key)
+            if entry is not None and entry.stop_requested.is_set() and entry.state in ("starting", "ready"):
+                # Its last lease left a moment ago and the stop is decided (idle grace 0): a lease bound to it now
+                # would fail with it. Wait for the stop, then start afresh.
+                await entry.finished.wait()
+                continue
             if entry is not None and entry.state == "ready" and entry.backend is not None and entry.backend.alive:
                 self._cancel_idle(entry)
                 return entry

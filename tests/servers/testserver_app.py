@@ -13,13 +13,13 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from mcp import types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
 from mcp.shared.exceptions import MCPDeprecationWarning
 from pydantic import BaseModel, Field
 
@@ -59,6 +59,11 @@ class State:
         # Inbound methods (requests and notifications) as this process saw them: lets pool tests prove that,
         # e.g., one backend saw exactly one `initialize` however many sessions attached.
         self.methods: Counter[str] = Counter()
+
+
+def _question(question: str) -> Elicit[Answer]:
+    """The resolver of ``ask_resolved``: ask the question it was given."""
+    return Elicit(question, Answer)
 
 
 def _admits(threshold: types.LoggingLevel, level: types.LoggingLevel) -> bool:
@@ -152,6 +157,14 @@ def build_server(
         if result.action == "accept":
             return f"accept:{result.data.answer}"
         return result.action
+
+    @server.tool()
+    async def ask_resolved(question: str, answer: Annotated[Answer, Resolve(_question)], delay: float = 0.0) -> str:
+        """Elicit through a resolver (works in both protocol eras: a standalone request in the handshake era, an
+        input_required result in 2026-07-28); return "accept:<answer>" (decline or cancel fail the call).
+        ``delay`` seconds pass after the answer, so calls of several sessions overlap at the server."""
+        await anyio.sleep(delay)
+        return f"accept:{answer.answer}"
 
     @server.tool()
     async def sample(prompt: str, ctx: Context) -> str:
