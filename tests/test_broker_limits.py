@@ -24,7 +24,7 @@ import pytest
 
 from helpers import SERVERS_DIR, count_server_processes
 from mcpshare import runtime
-from test_broker import SHIM, BrokerEnv, RawShim, control, marked_servers
+from test_broker import SHIM, WAITER, BrokerEnv, RawShim, control, marked_servers
 from test_broker_environment import start
 
 pytestmark = pytest.mark.timeout(240)
@@ -189,8 +189,8 @@ def test_four_hundred_shims_either_share_or_fall_back_and_none_hangs(
         assert fell_back, "expected the limit to be reached: the test no longer tests it"
         ours = {proc.pid for proc in procs}
         marked = count_server_processes(marker)
-        direct = [p for p in marked if p.pid in ours and "connect" not in p.cmdline()]  # a shim exec'd the server
-        waiting = [p for p in marked if p.pid in ours and "connect" in p.cmdline()]  # a shim that handed over
+        direct = {p.pid for p in marked if p.pid in ours}  # a shim that fell back exec'd the server in its place
+        waiting = [pid for pid in ours - direct if psutil.Process(pid).exe() == WAITER]  # one that handed over
         assert (len(direct), len(waiting)) == (len(fell_back), len(shared))
         assert [p.ppid() for p in marked if p.pid not in ours] == [broker.pid]  # and one shared server
         assert broker.num_fds() <= LIMIT

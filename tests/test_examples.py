@@ -81,7 +81,9 @@ def _run_example(script: str, *args: str) -> tuple[subprocess.CompletedProcess[s
         stop.set()
         sampler.join()
     assert done.returncode == 0, done.stderr
-    left = [pid for pid in seen if is_running(pid)]
+    deadline = time.monotonic() + 5  # a framework's own stdio client may not wait for its child's exit
+    while (left := [pid for pid in seen if is_running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not left, f"{script} left server processes behind: {left}"
     return done, seen
 

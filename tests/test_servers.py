@@ -58,6 +58,7 @@ EXPECTED_TOOLS = {
     "sleep",
     "progress",
     "ask",
+    "ask_resolved",
     "sample",
     "roots",
     "log",

@@ -590,6 +590,8 @@ class Broker:
                 "uptime": round(info.uptime, 3),
                 "rss": tree_rss(info.pid),
                 "protocol": info.protocol_version,
+                "asks_linked": info.asks_linked,
+                "asks_declined": info.asks_declined,
             }
             for info in self.pool.snapshot()
         ]

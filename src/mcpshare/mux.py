@@ -230,11 +230,14 @@ class Backend:
         learned: Learned | None = None,
         on_learned: Callable[[Learned], None] | None = None,
         probe_timeout: float = PROBE_TIMEOUT,
+        input_ttl: float | None = None,
     ) -> None:
         self.name = name
         self._send_stream = send_stream
         self._receive_stream = receive_stream
         self.router = Router(name, client_info=client_info, roots=roots, learned=learned)
+        if input_ttl is not None:
+            self.router.input_ttl = input_ttl
         self.protocol_choice = protocol
         self._probe_timeout = probe_timeout
         self._on_learned = on_learned
@@ -264,6 +267,11 @@ class Backend:
     def pending(self) -> dict[int, Any]:
         """Requests the server owes an answer, by backend id (for diagnostics and tests)."""
         return self.router.pending
+
+    @property
+    def waiting(self) -> int:
+        """Requests the server owes an answer (a 2026-07-28 listen stream owes none until it ends)."""
+        return self.router.waiting
 
     @property
     def protocol_version(self) -> str | None:

@@ -36,6 +36,7 @@ from mcpshare.key import PoolKey, child_environment, make_key
 from mcpshare.mux import (
     CONNECTION_CLOSED,
     DEFAULT_QUEUE_SIZE,
+    PROBE_TIMEOUT,
     Backend,
     BackendError,
     Channel,
@@ -45,6 +46,7 @@ from mcpshare.mux import (
 )
 from mcpshare.process import Guardian, ServerProcess, SpawnError
 from mcpshare.routing import Learned
+from mcpshare.routing.modern import INPUT_TTL
 
 logger = logging.getLogger("mcpshare.pool")
 
@@ -180,6 +182,10 @@ class BackendInfo:
     restarts: int
     uptime: float
     protocol_version: str | None
+    asks_linked: int = 0
+    """Server-to-client requests whose owner a link named (traceparent, related-task)."""
+    asks_declined: int = 0
+    """Server-to-client requests declined because no single session could have caused them."""
 
 
 class _Entry:
@@ -396,6 +402,8 @@ class BackendPool:
         eager_reads: bool = False,
         child_fd_limit: int | None = None,
         learned_file: str | os.PathLike[str] | None = None,
+        probe_timeout: float = PROBE_TIMEOUT,
+        input_ttl: float = INPUT_TTL,
     ) -> None:
         """Tuning:
 
@@ -410,6 +418,8 @@ class BackendPool:
         * ``child_fd_limit``: the soft limit of open files servers start with (the broker raises its own).
         * ``learned_file``: where what each key's servers showed about asking their client is kept (a JSON file:
           the broker keeps it in its runtime directory, so it survives restarts); None keeps it in memory only.
+        * ``probe_timeout``: seconds a server of ``protocol = "auto"`` has to answer ``server/discover``.
+        * ``input_ttl``: seconds a question held for a 2026-07-28 session waits for its retry.
         """
         if idle_grace < 0:
             raise ValueError("idle_grace must be >= 0")
@@ -437,6 +447,8 @@ class BackendPool:
         self.spawns = 0
         self.child_fd_limit = child_fd_limit
         self.learned = LearnedStore(learned_file)
+        self.probe_timeout = probe_timeout
+        self.input_ttl = input_ttl
         self._ended: deque[EndedBackend] = deque(maxlen=32)
 
     async def __aenter__(self) -> Self:
@@ -598,6 +610,8 @@ class BackendPool:
                     restarts=entry.generation,
                     uptime=now - entry.started_at if entry.started_at else 0.0,
                     protocol_version=entry.backend.protocol_version if entry.backend is not None else None,
+                    asks_linked=entry.backend.stats.linked if entry.backend is not None else 0,
+                    asks_declined=entry.backend.stats.declined if entry.backend is not None else 0,
                 )
             )
         return rows
@@ -830,6 +844,8 @@ class BackendPool:
             protocol=config.protocol,
             learned=self.learned.of(entry.key, config),
             on_learned=lambda learned: self.learned.save(entry.key, learned),
+            probe_timeout=self.probe_timeout,
+            input_ttl=self.input_ttl,
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(process.drain_stderr)
@@ -850,16 +866,18 @@ class BackendPool:
                 )
                 tg.cancel_scope.cancel()
                 return
-            except BackendError:
-                with anyio.move_on_after(1.0):
-                    await process.wait()
-                await anyio.sleep(0.05)  # let the stderr drain take the last lines
+            except BackendError as exc:
+                exited = backend.error is not None  # the connection ended: the process died or closed its stdout
+                if exited:
+                    with anyio.move_on_after(1.0):
+                        await process.wait()
+                    await anyio.sleep(0.05)  # let the stderr drain take the last lines
                 self._fail(
                     entry,
                     ServerStartError(
                         config.name,
                         _display(process.argv),
-                        "the process exited or closed its stdout during the MCP handshake",
+                        "the process exited or closed its stdout during the MCP handshake" if exited else str(exc),
                         returncode=process.returncode,
                         stderr_tail=process.stderr.tail(20),
                     ),

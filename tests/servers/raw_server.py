@@ -17,7 +17,8 @@ this script instead. It speaks the 2025-11-25 handshake and offers tools that ea
     close_stdout()             closes stdout but keeps running (until stdin closes)
     crash(code)                exits at once with ``code``
 
-Extra argv of the form ``--marker=...`` are ignored (tests count processes by them).
+Extra argv of the form ``--marker=...`` are ignored (tests count processes by them); ``--ignore=METHOD`` makes it
+answer requests of METHOD never at all (a server that drops what it does not know, like ``server/discover``).
 """
 
 from __future__ import annotations
@@ -118,11 +119,14 @@ def call_tool(request_id: Any, name: str, args: dict[str, Any]) -> None:
         send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32602, "message": f"unknown tool {name}"}})
 
 
+IGNORED = {arg.removeprefix("--ignore=") for arg in sys.argv[1:] if arg.startswith("--ignore=")}
+
+
 def handle(message: dict[str, Any]) -> None:
     method = message.get("method")
     request_id = message.get("id")
-    if method is None or request_id is None:
-        return  # responses and notifications need no answer
+    if method is None or request_id is None or method in IGNORED:
+        return  # responses and notifications need no answer; ignored methods get none either
     if method == "initialize":
         send(
             {
