@@ -406,3 +406,51 @@ async def test_an_expired_request_state_is_a_clear_error(marker: str) -> None:
         with anyio.fail_after(20), pytest.raises(MCPError, match="requestState is unknown, expired"):
             await client.call_tool("ask", {"question": "quick?"})
         assert tool_text(await client.call_tool("echo", {"text": "next"})) == "next"
+
+
+# ---------------------------------------------------------------------------------------------- lanes
+
+
+async def test_lanes_run_calls_that_ask_side_by_side_then_go(everything_cmd: list[str], tmp_workspace: Path) -> None:
+    """lanes = 3: eight threads sampling at once on server-everything. The calls that would wait at the gate of
+    the first process go to extra lanes (at most two more processes, started only now), each still alone on its
+    process, so every answer is its own; once idle, the extra lanes stop and the first process stays."""
+    seen: list[tuple[str, str]] = []
+    config = McpConfig({"ev": everything(everything_cmd, lanes=3)})
+    script = everything_cmd[1]
+    async with ThreadManager(config, idle_grace=0.5) as manager:
+        threads = [await manager.start_thread(cwd=tmp_workspace, sampling=sampler(f"t{i}", seen)) for i in range(N)]
+        await threads[0].call_tool(SAMPLE, {"prompt": "alone"})
+        assert len(count_server_processes(script)) == 1
+        seen.clear()
+        most = 0
+        results: dict[str, str] = {}
+
+        async def one(index: int) -> None:
+            results[f"t{index}"] = tool_text(await threads[index].call_tool(SAMPLE, {"prompt": f"from t{index}"}))
+
+        async def watch() -> None:
+            nonlocal most
+            while True:
+                most = max(most, len(count_server_processes(script)))
+                await anyio.sleep(0.02)
+
+        with anyio.fail_after(90):
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(watch)
+                async with anyio.create_task_group() as tg:
+                    for index in range(N):
+                        tg.start_soon(one, index)
+                outer.cancel_scope.cancel()
+        for name, text in results.items():
+            assert f'"text": "{name}"' in text
+        assert sorted(seen) == sorted(
+            (f"t{i}", f"Resource trigger-sampling-request context: from t{i}") for i in range(N)
+        )
+        assert most == 3, f"expected the first process and two lanes, saw at most {most}"
+        backends = [info for info in manager.snapshot().backends if info.server == "ev"]
+        assert sum(info.asks_declined for info in backends) == 0
+        with anyio.fail_after(10):
+            while len(count_server_processes(script)) > 1:  # noqa: ASYNC110 - the lanes stop after the idle grace
+                await anyio.sleep(0.1)
+        assert [info.lane for info in manager.snapshot().backends if info.server == "ev"] == [0]

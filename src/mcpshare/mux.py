@@ -525,7 +525,9 @@ class Backend:
 
     # ------------------------------------------------------------------ sessions
 
-    def attach(self, sink: Sink, *, on_overflow: Callable[[str], None] | None = None) -> Channel:
+    def attach(
+        self, sink: Sink, *, on_overflow: Callable[[str], None] | None = None, satellite: bool = False
+    ) -> Channel:
         """A new virtual session whose server-to-client messages go into ``sink``.
 
         ``on_overflow`` is called (after the session was detached) when ``sink`` is full for a message that may
@@ -533,7 +535,7 @@ class Backend:
         """
         if self.error is not None:
             raise self.error
-        session = self.router.attach(None)
+        session = self.router.attach(None, satellite=satellite)
         channel = Channel(self, session, sink, on_overflow)
         session.endpoint = channel
         self.channels[channel.id] = channel

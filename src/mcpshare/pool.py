@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcpshare.config import StdioServerConfig
 from mcpshare.fdstream import DEFAULT_MAX_LINE_BYTES
 from mcpshare.key import PoolKey, child_environment, make_key
+from mcpshare.lanes import LaneSink, LeaseLanes
 from mcpshare.mux import (
     CONNECTION_CLOSED,
     DEFAULT_QUEUE_SIZE,
@@ -186,6 +188,8 @@ class BackendInfo:
     """Server-to-client requests whose owner a link named (traceparent, related-task)."""
     asks_declined: int = 0
     """Server-to-client requests declined because no single session could have caused them."""
+    lane: int = 0
+    """0 for a key's first process, 1.. for the extra lanes of a server with ``lanes`` > 1."""
 
 
 class _Entry:
@@ -208,6 +212,8 @@ class _Entry:
         self.obsolete = False
         self.started_at = 0.0
         self.stop_reason = "stopped"
+        self.lane = 0
+        """0 for the process every lease of the key is bound to; 1.. for the extra lanes (see mcpshare.lanes)."""
 
     @property
     def busy(self) -> bool:
@@ -271,6 +277,7 @@ class Lease:
         self._rebind_lock = anyio.Lock()
         self.session_open = False
         self.broken: str | None = None
+        self._lanes = LeaseLanes(self) if config.lanes > 1 else None
 
     def __repr__(self) -> str:
         return f"<Lease {self.config.name} {self.key.short()}>"
@@ -310,6 +317,18 @@ class Lease:
                     self.deliver(error_response(message["id"], CONNECTION_CLOSED, str(exc)))
                     return
                 raise
+        if self._lanes is not None:
+            target, routed = self._lanes.channel_for(message)
+            if target is not None:
+                await target.send(routed)
+                return
+            if "id" in message and "method" in message and channel.backend.router.would_wait(message):
+                lane = await self.pool._lane_for(self)
+                if lane is not None:
+                    index, lane_channel = lane
+                    self._lanes.started(index, lane_channel, message["id"])
+                    await lane_channel.send(message)
+                    return
         await channel.send(message)
 
     def send_now(self, message: Message) -> bool:
@@ -318,6 +337,8 @@ class Lease:
         channel = self.channel
         if self.released or self.broken is not None or channel is None or not channel.backend.alive:
             return False
+        if self._lanes is not None:
+            return False  # which process a message goes to may need a lane started: the async path decides
         return channel.backend.from_client_now(channel, message)
 
     def tap(self, writer: Callable[[Message], None], on_end: Callable[[], None]) -> None:
@@ -444,6 +465,7 @@ class BackendPool:
         self._closed = False
         self._restarts: dict[PoolKey, int] = {}
         self._leases: set[Lease] = set()
+        self._lane_entries: dict[PoolKey, list[_Entry]] = {}
         self.spawns = 0
         self.child_fd_limit = child_fd_limit
         self.learned = LearnedStore(learned_file)
@@ -596,7 +618,7 @@ class BackendPool:
         """What runs now: one row per live or starting backend."""
         now = time.monotonic()
         rows = []
-        for entry in sorted(self._all, key=lambda e: (e.config.name, e.key.short())):
+        for entry in sorted(self._all, key=lambda e: (e.config.name, e.key.short(), e.lane)):
             if entry.state in ("stopped", "failed"):
                 continue
             process = entry.process
@@ -612,6 +634,7 @@ class BackendPool:
                     protocol_version=entry.backend.protocol_version if entry.backend is not None else None,
                     asks_linked=entry.backend.stats.linked if entry.backend is not None else 0,
                     asks_declined=entry.backend.stats.declined if entry.backend is not None else 0,
+                    lane=entry.lane,
                 )
             )
         return rows
@@ -658,6 +681,8 @@ class BackendPool:
         entry, channel = lease._entry, lease.channel
         lease._entry = None
         lease.channel = None
+        if lease._lanes is not None:
+            lease._lanes.close(reason)
         if channel is not None:
             channel.close(reason)
         if entry is not None:
@@ -702,6 +727,52 @@ class BackendPool:
             await self._move(lease, reconfigured=False)
             assert lease.channel is not None
             return lease.channel
+
+    async def _lane_for(self, lease: Lease) -> tuple[int, Channel] | None:
+        """A satellite session for ``lease`` on an extra lane with nothing that may ask in flight, starting one if
+        the key has fewer than ``lanes - 1``; None when every lane is busy (the call then waits at the gate)."""
+        key, config = lease.key, lease.config
+        lanes = self._lane_entries.setdefault(key, [])
+        for entry in lanes:
+            backend = entry.backend
+            if entry.state == "ready" and backend is not None and backend.alive and not backend.router.busy:
+                return self._attach_lane(lease, entry)
+        if len(lanes) >= config.lanes - 1 or self._closed or self._tg is None:
+            return None
+        used = {entry.lane for entry in lanes}
+        entry = _Entry(key, config, self._restarts.get(key, 0))
+        entry.lane = next(index for index in itertools.count(1) if index not in used)
+        entry.waiters += 1
+        lanes.append(entry)
+        self._all.add(entry)
+        self._tg.start_soon(self._run, entry, name=f"mcpshare backend {config.name} lane {entry.lane}")
+        logger.info("starting lane %d of MCP server %r: calls that ask are waiting", entry.lane, config.name)
+        try:
+            await entry.ready.wait()
+        finally:
+            entry.waiters -= 1
+        if entry.error is not None or entry.state != "ready" or entry.backend is None or not entry.backend.alive:
+            return None  # it failed to start: the call waits at the gate of the first process instead
+        return self._attach_lane(lease, entry)
+
+    def _attach_lane(self, lease: Lease, entry: _Entry) -> tuple[int, Channel]:
+        assert entry.backend is not None and lease._lanes is not None
+        existing = lease._lanes.channels.get(entry.lane)
+        if existing is not None and not existing.closed:
+            return entry.lane, existing
+        channel = entry.backend.attach(LaneSink(lease._lanes, entry.lane), satellite=True)
+        entry.leases.add(lease)
+        self._cancel_idle(entry)
+        return entry.lane, channel
+
+    def _release_lane(
+        self, lease: Lease, lane: int, channel: Channel, *, reason: str = "its calls there are done"
+    ) -> None:
+        channel.close(reason)
+        for entry in self._lane_entries.get(lease.key, ()):
+            if entry.lane == lane:
+                entry.leases.discard(lease)
+                self._maybe_stop(entry)
 
     async def _ready_entry(self, key: PoolKey, config: StdioServerConfig) -> _Entry:
         while True:
@@ -801,6 +872,8 @@ class BackendPool:
             limit = _out_of_resources(exc)
             self._fail(entry, ServerStartError(config.name, _display(argv), cause, resource_limit=limit))
             self._all.discard(entry)
+            if entry.lane and entry in self._lane_entries.get(key, ()):
+                self._lane_entries[key].remove(entry)
             entry.finished.set()
             return
         self.spawns += 1
@@ -819,6 +892,8 @@ class BackendPool:
                 self._record_end(entry, process)
                 if self._entries.get(key) is entry:
                     del self._entries[key]
+                if entry.lane and entry in self._lane_entries.get(key, ()):
+                    self._lane_entries[key].remove(entry)
                 self._all.discard(entry)
                 entry.ready.set()
                 entry.finished.set()

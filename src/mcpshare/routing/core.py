@@ -75,6 +75,7 @@ class Session:
         "listens",
         "log_level",
         "modern",
+        "satellite",
         "subscriptions",
         "tasks",
     )
@@ -95,6 +96,7 @@ class Session:
         self.tasks: set[str] = set()
         self.closed = False
         self.close_reason: str | None = None
+        self.satellite = False
 
     def __repr__(self) -> str:
         return f"<Session {self.id}>"
@@ -238,12 +240,32 @@ class Router:
 
     # ------------------------------------------------------------------ sessions
 
-    def attach(self, endpoint: Any) -> Session:
+    def attach(self, endpoint: Any, *, satellite: bool = False) -> Session:
+        """A new session. A ``satellite`` one only carries calls sent to this process on behalf of a session of
+        another process of the same key (an extra lane): it hears no broadcast (its own session does, there)."""
         if self.error is not None:
             raise RuntimeError(self.error)
         session = Session(next(self._session_ids), endpoint)
         self.sessions[session.id] = session
+        if satellite:
+            session.satellite = True
         return session
+
+    def would_wait(self, message: Message) -> bool:
+        """Whether a request would wait at the gate (a call of a learned asker while others that may ask run):
+        the pool may send it to another process of the key instead."""
+        method = message.get("method")
+        if not isinstance(method, str) or method not in INPUT_METHODS or not self.era.gated or self.echoes_traceparent:
+            return False
+        subject = (method, name_of(method, message.get("params")) or "")
+        if not self.learned.gated(subject):
+            return False
+        return self.gate.writer is not None or self.gate.readers > 0 or self.gate.waiting > 0
+
+    @property
+    def busy(self) -> bool:
+        """Requests that may ask are in flight or waiting at the gate."""
+        return self.gate.writer is not None or self.gate.readers > 0 or self.gate.waiting > 0
 
     def detach(self, session: Session, reason: str = "closed") -> list[Action]:
         """Forget a session: cancel its requests at the server, drop what it asked for, answer what asked it."""
@@ -319,7 +341,7 @@ class Router:
             session.modern = is_modern_request(params) or method == "server/discover"
         if is_modern_request(params):
             session.modern = True
-            session.initialized = True
+            session.initialized = not session.satellite  # a lane's session hears no broadcast
         before = self.era.prepare(session, params)
         answered = self.era.answer_locally(session, client_id, method, params, now)
         if answered is not None:
@@ -607,7 +629,7 @@ class Router:
         return [
             (DELIVER, session, message)
             for session in list(self.sessions.values())
-            if session.initialized and not (legacy_only and session.modern)
+            if session.initialized and not session.satellite and not (legacy_only and session.modern)
         ]
 
     def _task_owner(self, params: Any) -> Session | None:
