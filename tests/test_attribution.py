@@ -454,3 +454,19 @@ async def test_lanes_run_calls_that_ask_side_by_side_then_go(everything_cmd: lis
             while len(count_server_processes(script)) > 1:  # noqa: ASYNC110 - the lanes stop after the idle grace
                 await anyio.sleep(0.1)
         assert [info.lane for info in manager.snapshot().backends if info.server == "ev"] == [0]
+
+
+async def test_the_era_and_lanes_of_a_wrapped_entry_reach_the_broker(broker_env: BrokerEnv, marker: str) -> None:
+    """`wrap` writes the server's mcpshare fields (protocol, lanes, ...) onto its connect line, the shim passes
+    them in its hello, and the broker runs the server with them."""
+    from mcpshare.wrap import wrap_entry
+
+    entry = {"command": sys.executable, "args": server_argv(marker=marker)[1:], "protocol": "auto", "lanes": 2}
+    command, args = wrap_entry("sdk", entry, mcpshare_command=[*SHIM[:-1]])
+    assert args[args.index("--protocol") + 1] == "auto" and args[args.index("--lanes") + 1] == "2"
+    with anyio.fail_after(30):
+        async with sdk_session([command, *args], env={**os.environ, **broker_env.env}) as session:
+            assert tool_text(await session.call_tool("echo", {"text": "hi"})) == "hi"
+            status = control("status", broker_env)
+    assert status is not None
+    assert [row["protocol"] for row in status["servers"]] == ["2026-07-28"]

@@ -51,7 +51,19 @@ def test_parse_args_forms() -> None:
         (["a", "--config"], "--config needs a value"),
         (["a", "--"], "'--' must be followed by the server's command"),
         (["a", "--share", "all", "--", "x"], "--share must be one of workspace, global, thread, got 'all'"),
-        (["a", "--env-keys", "A"], "--env-keys, --share and --cwd describe an embedded command: give it after --"),
+        (
+            ["a", "--env-keys", "A"],
+            "--env-keys, --share, --cwd and the server options describe an embedded command: give it after --",
+        ),
+        (
+            ["a", "--protocol", "2020-01-01", "--", "x"],
+            "--protocol must be one of 2025-11-25, auto, 2026-07-28, got '2020-01-01'",
+        ),
+        (["a", "--lanes", "0", "--", "x"], "--lanes must be a whole number from 1 to 16, got '0'"),
+        (
+            ["a", "--startup-timeout", "soon", "--", "x"],
+            "--startup-timeout must be a positive number of seconds, got 'soon'",
+        ),
         (["a", "--config", "f", "--", "x"], "give either --config FILE or a command after --, not both"),
     ],
 )

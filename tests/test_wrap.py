@@ -157,6 +157,8 @@ def test_codex_entries_become_the_connect_form(copy_sample) -> None:
         "LOG_LEVEL,GITHUB_TOKEN,GH_HOST",
         "--share",
         "global",
+        "--startup-timeout",  # the broker, not the host, now waits for the server's handshake
+        "20",
         "--",
         "npx",
         "-y",

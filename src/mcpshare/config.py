@@ -666,6 +666,9 @@ def see_through_connect(server: StdioServerConfig) -> StdioServerConfig:
     cwd = server.cwd
     if line.cwd is not None:
         cwd = line.cwd if cwd is None else os.path.join(cwd, line.cwd)
+    extra = {key: value for key, value in line.spec_fields().items()}
+    if "exclusive_tools" in extra:
+        extra["exclusive_tools"] = tuple(extra["exclusive_tools"])  # type: ignore[arg-type]
     return dataclasses.replace(
         server,
         command=line.command[0],
@@ -673,6 +676,7 @@ def see_through_connect(server: StdioServerConfig) -> StdioServerConfig:
         env_vars=server.env_vars + passed,
         cwd=cwd,
         share=line.share or server.share,  # type: ignore[arg-type]  # parse() checked it is a ShareScope
+        **extra,  # type: ignore[arg-type]
     )
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 SHARE_SCOPES = ("workspace", "global", "thread")
+PROTOCOLS = ("2025-11-25", "auto", "2026-07-28")
+_VALUED = ("config", "env-keys", "share", "cwd", "protocol", "lanes", "exclusive-tools", "startup-timeout")
 _LAUNCHER_SUFFIXES = (".exe", ".cmd", ".bat", ".pyz", ".py")
 
 
@@ -25,7 +27,19 @@ class HelpRequested(Exception):
 class ConnectLine:
     """What a ``mcpshare connect`` command line asks for."""
 
-    __slots__ = ("autostart", "command", "config", "cwd", "env_keys", "server", "share")
+    __slots__ = (
+        "autostart",
+        "command",
+        "config",
+        "cwd",
+        "env_keys",
+        "exclusive_tools",
+        "lanes",
+        "protocol",
+        "server",
+        "share",
+        "startup_timeout",
+    )
 
     def __init__(self) -> None:
         self.server = ""
@@ -34,7 +48,24 @@ class ConnectLine:
         self.env_keys: list[str] = []
         self.share: str | None = None
         self.cwd: str | None = None
+        self.protocol: str | None = None
+        self.lanes: int | None = None
+        self.exclusive_tools: list[str] = []
+        self.startup_timeout: float | None = None
         self.autostart = True
+
+    def spec_fields(self) -> dict[str, object]:
+        """The mcpshare fields of the server the command line describes, for the broker (only those given)."""
+        fields: dict[str, object] = {}
+        if self.protocol is not None:
+            fields["protocol"] = self.protocol
+        if self.lanes is not None:
+            fields["lanes"] = self.lanes
+        if self.exclusive_tools:
+            fields["exclusive_tools"] = list(self.exclusive_tools)
+        if self.startup_timeout is not None:
+            fields["startup_timeout_sec"] = self.startup_timeout
+        return fields
 
 
 def parse(argv: Sequence[str]) -> ConnectLine:
@@ -59,7 +90,7 @@ def parse(argv: Sequence[str]) -> ConnectLine:
         if name == "no-autostart":
             line.autostart = False
             continue
-        if name not in ("config", "env-keys", "share", "cwd"):
+        if name not in _VALUED:
             raise UsageError(f"unknown option --{name}")
         if not has_value:
             following = next(items, None)
@@ -74,6 +105,23 @@ def parse(argv: Sequence[str]) -> ConnectLine:
             if value not in SHARE_SCOPES:
                 raise UsageError(f"--share must be one of {', '.join(SHARE_SCOPES)}, got {value!r}")
             line.share = value
+        elif name == "protocol":
+            if value not in PROTOCOLS:
+                raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {value!r}")
+            line.protocol = value
+        elif name == "lanes":
+            if not value.isdigit() or not 1 <= int(value) <= 16:
+                raise UsageError(f"--lanes must be a whole number from 1 to 16, got {value!r}")
+            line.lanes = int(value)
+        elif name == "exclusive-tools":
+            line.exclusive_tools = [tool for tool in value.split(",") if tool]
+        elif name == "startup-timeout":
+            try:
+                line.startup_timeout = float(value)
+            except ValueError:
+                line.startup_timeout = -1.0
+            if not 0 < line.startup_timeout < float("inf"):
+                raise UsageError(f"--startup-timeout must be a positive number of seconds, got {value!r}")
         else:
             line.cwd = value
     if len(positional) != 1:
@@ -81,8 +129,10 @@ def parse(argv: Sequence[str]) -> ConnectLine:
             raise UsageError("the server NAME is missing")
         raise UsageError(f"unexpected argument {positional[1]!r} (put the server's command after --)")
     line.server = positional[0]
-    if line.command is None and (line.env_keys or line.share or line.cwd):
-        raise UsageError("--env-keys, --share and --cwd describe an embedded command: give it after --")
+    if line.command is None and (line.env_keys or line.share or line.cwd or line.spec_fields()):
+        raise UsageError(
+            "--env-keys, --share, --cwd and the server options describe an embedded command: give it after --"
+        )
     if line.command is not None and line.config is not None:
         raise UsageError("give either --config FILE or a command after --, not both")
     return line

@@ -56,7 +56,8 @@ if TYPE_CHECKING:
 
 USAGE = """\
 usage: mcpshare connect NAME [--config FILE] [--no-autostart]
-       mcpshare connect NAME [--env-keys A,B] [--share SCOPE] [--cwd DIR] [--no-autostart] -- COMMAND [ARGS...]
+       mcpshare connect NAME [--env-keys A,B] [--share SCOPE] [--cwd DIR] [server options] [--no-autostart]
+                             -- COMMAND [ARGS...]
 
 Relay stdio between an MCP client and the shared MCP server NAME run by the mcpshare broker (started on demand).
 
@@ -66,6 +67,12 @@ Relay stdio between an MCP client and the shared MCP server NAME run by the mcps
                     of the pool key, so clients with different values never share a process)
   --share SCOPE     with a command: workspace (default: one process per client cwd), global, or thread
   --cwd DIR         with a command: the server's working directory (relative to the client's cwd)
+  --protocol P      with a command: 2025-11-25 (default), auto or 2026-07-28 (the era the broker speaks to it)
+  --lanes N         with a command: up to N processes, so calls that ask their client need not wait (default 1)
+  --exclusive-tools A,B
+                    with a command: tools known to ask their client (run one at a time per process)
+  --startup-timeout S
+                    with a command: seconds the server has to start and answer its handshake (default 30)
   --no-autostart    never start a broker (also: MCPSHARE_NO_AUTOSTART=1)
 
 With neither --config nor a command, the broker looks NAME up in its own configs. If the broker cannot be reached,
@@ -169,6 +176,7 @@ def build_hello(
             "env_keys": request.env_keys,
             "cwd": request.cwd,
             "share": request.share,
+            **request.spec_fields(),
         }
     config = os.path.join(cwd, request.config) if request.config is not None else None
     hello: dict[str, object] = {

@@ -24,6 +24,9 @@ from mcpshare.config import (
     see_through_connect,
 )
 
+_SPEC_FIELDS = ("protocol", "lanes", "exclusive_tools", "startup_timeout_sec")
+"""mcpshare's own server fields a shim's hello may carry (``mcpshare connect --protocol ...``)."""
+
 
 class HelloError(ValueError):
     """A request the broker cannot serve; the message goes back to the client, which shows it to the user."""
@@ -91,6 +94,7 @@ def server_config(hello: Mapping[str, Any], configs: ConfigSource) -> StdioServe
                     env_vars=tuple(key for key in env_keys if key not in env),
                     cwd=spec.get("cwd"),
                     share=spec.get("share") or "workspace",
+                    **{key: spec[key] for key in _SPEC_FIELDS if spec.get(key) is not None},
                 )
             )
         except (ConfigError, TypeError) as exc:

@@ -67,6 +67,7 @@ import tomlkit.exceptions
 from tomlkit.items import Array, InlineTable, String, StringType
 
 from mcpshare.config import ConfigError, DuplicateKeyError, shared_servers_path, unique_keys
+from mcpshare.connect_line import PROTOCOLS as _PROTOCOLS
 from mcpshare.connect_line import SHARE_SCOPES as _SHARE_SCOPES
 from mcpshare.connect_line import connect_index as _connect_index
 from mcpshare.connect_line import embedded_index as _embedded_index
@@ -232,6 +233,13 @@ def _wrap_refusal(name: str, entry: object) -> str | None:
     share = entry.get("share")
     if share is not None and share not in _SHARE_SCOPES:
         return f"invalid: share must be one of {', '.join(_SHARE_SCOPES)}"
+    protocol, lanes, exclusive = entry.get("protocol"), entry.get("lanes"), entry.get("exclusive_tools")
+    if protocol is not None and protocol not in _PROTOCOLS:
+        return f"invalid: protocol must be one of {', '.join(_PROTOCOLS)}"
+    if lanes is not None and (isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= 16):
+        return "invalid: lanes must be a whole number from 1 to 16"
+    if exclusive is not None and (not _is_strings(exclusive) or any("," in tool or not tool for tool in exclusive)):
+        return "invalid: exclusive_tools must be a list of tool names"
     return None
 
 
@@ -245,7 +253,25 @@ def _prefix(launcher: Sequence[str], name: str, entry: Mapping[str, Any]) -> lis
         options += ["--env-keys", ",".join(keys)]
     if entry.get("share") is not None:
         options += ["--share", entry["share"]]
+    if entry.get("protocol") is not None:
+        options += ["--protocol", str(entry["protocol"])]
+    if entry.get("lanes") is not None:
+        options += ["--lanes", str(entry["lanes"])]
+    if entry.get("exclusive_tools"):
+        options += ["--exclusive-tools", ",".join(entry["exclusive_tools"])]
+    timeout = _startup_timeout(entry)
+    if timeout is not None:
+        options += ["--startup-timeout", f"{timeout:g}"]
     return [*launcher[1:], "connect", name, *options, "--", entry["command"]]
+
+
+def _startup_timeout(entry: Mapping[str, Any]) -> float | None:
+    """The entry's startup timeout in seconds, as the loader reads it (``startup_timeout_sec`` wins over ``_ms``)."""
+    seconds, millis = entry.get("startup_timeout_sec"), entry.get("startup_timeout_ms")
+    for value, scale in ((seconds, 1.0), (millis, 0.001)):
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value) * scale
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- HTTP entries
