@@ -470,3 +470,41 @@ async def test_the_era_and_lanes_of_a_wrapped_entry_reach_the_broker(broker_env:
             status = control("status", broker_env)
     assert status is not None
     assert [row["protocol"] for row in status["servers"]] == ["2026-07-28"]
+
+
+async def test_what_the_broker_learned_survives_its_restart(broker_env: BrokerEnv, everything_cmd: list[str]) -> None:
+    """A broker learns that the sampling tool asks (one call alone), is stopped, and a new broker starts: eight
+    clients calling it at once from the first moment are all exact, with nothing declined (without what was
+    learned, the first of them would be)."""
+    argv = [*SHIM, "ev", "--", *everything_cmd]
+    env = {**os.environ, **broker_env.env}
+
+    def callback(name: str) -> Any:
+        async def sample(
+            context: ClientRequestContext, params: types.CreateMessageRequestParams
+        ) -> types.CreateMessageResult:
+            return types.CreateMessageResult(
+                role="assistant", content=types.TextContent(type="text", text=name), model="m"
+            )
+
+        return sample
+
+    with anyio.fail_after(60):
+        async with sdk_session(argv, env=env, sampling_callback=callback("first")) as first:
+            await first.call_tool("trigger-sampling-request", {"prompt": "alone"})
+        assert "trigger-sampling-request" in Path(broker_env.paths.learned).read_text()
+        assert control("stop", broker_env) is not None
+        while broker_env.broker_pid() is not None:  # noqa: ASYNC110 - the lock is the broker's life
+            await anyio.sleep(0.05)
+        results: dict[str, str] = {}
+
+        async def one(index: int) -> None:
+            async with sdk_session(argv, env=env, sampling_callback=callback(f"s{index}")) as session:
+                results[f"s{index}"] = tool_text(await session.call_tool("trigger-sampling-request", {"prompt": "x"}))
+
+        async with anyio.create_task_group() as tg:
+            for index in range(N):
+                tg.start_soon(one, index)
+    assert all(f'"text": "{name}"' in text for name, text in results.items()) and len(results) == N
+    status = control("status", broker_env)
+    assert status is not None and [row["asks_declined"] for row in status["servers"]] == [0]

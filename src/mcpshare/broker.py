@@ -592,6 +592,7 @@ class Broker:
                 "protocol": info.protocol_version,
                 "asks_linked": info.asks_linked,
                 "asks_declined": info.asks_declined,
+                "lane": info.lane,
             }
             for info in self.pool.snapshot()
         ]
@@ -871,7 +872,9 @@ async def serve(options: BrokerOptions, paths: runtime.RuntimePaths) -> None:
     # Under anyio.run, routing may run in the loop's readiness callbacks (see Backend): a task switch less per message.
     # Servers get back the soft limit we were started with: ours was raised for the broker's own needs.
     child_fd_limit = before if soft != before else None
-    async with BackendPool(idle_grace=options.idle_grace, eager_reads=True, child_fd_limit=child_fd_limit) as pool:
+    async with BackendPool(
+        idle_grace=options.idle_grace, eager_reads=True, child_fd_limit=child_fd_limit, learned_file=paths.learned
+    ) as pool:
         broker = Broker(pool, paths, options, configs)
         front = HttpFront(pool, configs, paths.token, http_socket) if http_socket is not None else None
         listener = await anyio.create_unix_listener(paths.socket, mode=0o600)

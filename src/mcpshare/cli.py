@@ -172,13 +172,15 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print the broke
         return
     broker = answer["broker"]
     table = Table(title=f"mcpshare broker pid {broker['pid']}, up {_duration(broker['uptime'])}", title_justify="left")
-    for column in ("server", "key", "pid", "state", "clients", "restarts", "uptime", "RSS"):
+    for column in ("server", "key", "pid", "era", "state", "clients", "restarts", "uptime", "RSS"):
         table.add_column(column, justify="right" if column in ("pid", "clients", "restarts", "RSS") else "left")
     for row in answer["servers"]:
+        lane = row.get("lane") or 0
         table.add_row(
-            row["server"],
+            row["server"] + (f" (lane {lane})" if lane else ""),
             row["key"],
             str(row["pid"] or "-"),
+            row.get("protocol") or "-",
             row["state"],
             str(row["clients"]),
             str(row["restarts"]),

@@ -23,7 +23,9 @@ It holds:
 * ``broker.lock``: the broker holds an exclusive ``flock`` on it for its whole life and writes its pid into it.
   The kernel drops the lock when the broker dies, however it dies, so "the lock is free" reliably means "no broker";
 * ``broker.log``: the broker's log (rotated);
-* ``http.token``: the bearer token of the optional HTTP front (mode 0600).
+* ``http.token``: the bearer token of the optional HTTP front (mode 0600);
+* ``learned.json``: which tools of which server configurations have asked their client (so their calls are
+  ordered from the start after a restart; see :mod:`mcpshare.routing.attribution`).
 
 Wire protocol (version :data:`PROTOCOL`), one JSON object per line, UTF-8:
 
@@ -66,6 +68,7 @@ SOCKET_NAME = "broker.sock"
 LOCK_NAME = "broker.lock"
 LOG_NAME = "broker.log"
 TOKEN_NAME = "http.token"
+LEARNED_NAME = "learned.json"
 
 MAX_HELLO_BYTES = 4 * 1024 * 1024
 """A hello carries the client's environment; anything bigger than this is not a hello."""
@@ -108,7 +111,7 @@ def _private_to(path: str, uid: int) -> bool:
 class RuntimePaths:
     """The files of one runtime directory. Plain attributes: this is imported by the shim, keep it cheap."""
 
-    __slots__ = ("directory", "lock", "log", "socket", "token")
+    __slots__ = ("directory", "learned", "lock", "log", "socket", "token")
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -116,6 +119,7 @@ class RuntimePaths:
         self.lock = os.path.join(directory, LOCK_NAME)
         self.log = os.path.join(directory, LOG_NAME)
         self.token = os.path.join(directory, TOKEN_NAME)
+        self.learned = os.path.join(directory, LEARNED_NAME)
 
     @classmethod
     def default(cls, environ: Mapping[str, str] | None = None) -> RuntimePaths:
