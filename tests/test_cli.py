@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from helpers import sdk_session, server_argv, tool_json
 from mcpshare import cli, runtime
@@ -209,3 +210,28 @@ def test_demo_shows_one_process_per_server(tmp_path: Path) -> None:
 def test_connect_is_dispatched_to_the_shim(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "connect", "--help")
     assert code == 0 and out.startswith("usage: mcpshare connect NAME")
+
+
+async def test_status_watch_shows_calls_errors_and_latency_per_process(
+    broker_env: BrokerEnv, marker: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty calls (one of them an error) through a shim: `status --json` counts them per process with their
+    latency, and `status --watch` draws them live (two refreshes here), with a rate once it has two readings."""
+    argv = broker_env.shim("test", "--", *server_argv(marker=marker))
+    env = {**os.environ, **broker_env.env}
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: the narrow case is the job of status's own layout
+    with anyio.fail_after(30), open(os.devnull, "w") as quiet:  # noqa: ASYNC230 - /dev/null does not block
+        async with sdk_session(argv, env=env, errlog=quiet) as session:
+            for index in range(19):
+                await session.call_tool("echo", {"text": str(index)})
+            with pytest.raises(MCPError):
+                await session.get_prompt("no-such-prompt")  # a JSON-RPC error from the server
+            code, out, _ = run_cli(capsys, "status", "--json")
+            assert code == 0
+            (row,) = json.loads(out)["servers"]
+            assert row["calls"] >= 20 and row["errors"] >= 1  # initialize is answered by mcpshare, tools/list too
+            assert row["latency_p50_ms"] is not None and row["latency_p50_ms"] > 0
+            code = await anyio.to_thread.run_sync(cli.main, ["status", "--watch", "--count", "2", "--interval", "0.2"])
+            out = capsys.readouterr().out
+    assert code == 0
+    assert "calls/s" in out and "p50 ms" in out and "test" in out and "2025-11-25" in out

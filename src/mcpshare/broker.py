@@ -593,6 +593,11 @@ class Broker:
                 "asks_linked": info.asks_linked,
                 "asks_declined": info.asks_declined,
                 "lane": info.lane,
+                "calls": info.metrics.calls,
+                "errors": info.metrics.errors,
+                "latency_p50_ms": info.metrics.latency_p50_ms,
+                "latency_p95_ms": info.metrics.latency_p95_ms,
+                "latency_sum_s": round(info.metrics.latency_sum_s, 6),
             }
             for info in self.pool.snapshot()
         ]

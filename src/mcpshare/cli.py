@@ -158,8 +158,15 @@ def _print_json(data: dict[str, Any]) -> None:
 
 
 @app.command()
-def status(as_json: Annotated[bool, typer.Option("--json", help="Print the broker's answer as JSON.")] = False) -> None:
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the broker's answer as JSON.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="A live view, refreshed until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes of --watch.")] = 1.0,
+    count: Annotated[int, typer.Option(min=0, help="With --watch: stop after this many refreshes (0: never).")] = 0,
+) -> None:
     """Show the broker and the server processes it shares (exit status 1 when no broker runs)."""
+    if watch:
+        raise typer.Exit(_watch(interval, count))
     answer = _control("status")
     if answer is None:
         if as_json:
@@ -197,6 +204,65 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print the broke
         + (f"; HTTP {broker['http']}<server> (bearer token in {broker['http_token']})" if broker.get("http") else ""),
         highlight=False,
     )
+
+
+def _watch(interval: float, count: int) -> int:
+    """``status --watch``: per process its pid, era, clients, calls/s, errors, p50, RSS and restarts, live."""
+    from rich.live import Live
+
+    previous: dict[tuple[Any, Any], tuple[float, int]] = {}
+    shown = 0
+    with Live(console=console, auto_refresh=False, transient=False) as live:
+        try:
+            while True:
+                answer = _control("status")
+                if answer is None:
+                    live.update(Text(_no_broker()), refresh=True)
+                    return 1
+                now = time.monotonic()
+                live.update(_watch_table(answer, previous, now), refresh=True)
+                shown += 1
+                if count and shown >= count:
+                    return 0
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _watch_table(answer: dict[str, Any], previous: dict[tuple[Any, Any], tuple[float, int]], now: float) -> Table:
+    broker = answer["broker"]
+    title = f"mcpshare broker pid {broker['pid']}, up {_duration(broker['uptime'])}, {answer['connections']} client(s)"
+    table = Table(title=title, title_justify="left")
+    columns = ("server", "pid", "era", "clients", "calls/s", "calls", "errors", "p50 ms", "p95 ms", "RSS", "restarts")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("server", "era") else "right", overflow="fold")
+    seen = set()
+    for row in answer["servers"]:
+        ident = (row["pid"], row["key"])
+        seen.add(ident)
+        calls = int(row.get("calls") or 0)
+        rate = "-"
+        if ident in previous:
+            then, before = previous[ident]
+            rate = f"{(calls - before) / max(now - then, 1e-6):.1f}"
+        previous[ident] = (now, calls)
+        lane = row.get("lane") or 0
+        table.add_row(
+            row["server"] + (f" (lane {lane})" if lane else ""),
+            str(row["pid"] or "-"),
+            row.get("protocol") or "-",
+            str(row["clients"]),
+            rate,
+            str(calls),
+            str(row.get("errors") or 0),
+            "-" if row.get("latency_p50_ms") is None else f"{row['latency_p50_ms']:.2f}",
+            "-" if row.get("latency_p95_ms") is None else f"{row['latency_p95_ms']:.2f}",
+            _megabytes(row["rss"]),
+            str(row["restarts"]),
+        )
+    for gone in set(previous) - seen:
+        del previous[gone]
+    return table
 
 
 @app.command()

@@ -22,6 +22,7 @@ import anyio.abc
 import orjson
 
 from mcpshare.fdstream import HIGH_WATER, FdLineReceiveStream, FdSendStream
+from mcpshare.metrics import CallMetrics
 from mcpshare.routing import DELIVER, DONE, LEARNED, TIMER, TO_SERVER, Action, Learned, Router, Session
 from mcpshare.routing.wire import (
     CLIENT_CAPABILITIES,
@@ -252,6 +253,7 @@ class Backend:
         self._waiting_since: float | None = None
         self._last_answer = time.monotonic()
         self._probing = False
+        self.metrics = CallMetrics()
 
     # ------------------------------------------------------------------ state
 
@@ -361,6 +363,7 @@ class Backend:
             return
         if "method" not in message:
             self._last_answer = time.monotonic()
+            self.metrics.answered(message.get("id"), error="error" in message)
         self._execute(self.router.from_server(message, time.monotonic()))
 
     def _execute(self, actions: Iterable[Action]) -> None:
@@ -396,8 +399,17 @@ class Backend:
         """Write without waiting (senders waited for room before they gave the router their message)."""
         if self.error is not None:
             return
-        if "method" in message and "id" in message and self.router.waiting and self._waiting_since is None:
-            self._waiting_since = time.monotonic()
+        method = message.get("method")
+        if method is not None:
+            if "id" in message:
+                if self._waiting_since is None:
+                    self._waiting_since = time.monotonic()  # the watchdog clears it while nothing waits
+                entry = self.router.pending.get(message["id"])
+                if entry is not None and entry.session is not None:
+                    self.metrics.sent(message["id"])
+            elif method == "notifications/cancelled":
+                params = message.get("params")
+                self.metrics.forget(params.get("requestId") if isinstance(params, dict) else None)
         try:
             data = encode(message)
         except (TypeError, ValueError):

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -35,6 +35,7 @@ from mcpshare.config import StdioServerConfig
 from mcpshare.fdstream import DEFAULT_MAX_LINE_BYTES
 from mcpshare.key import PoolKey, child_environment, make_key
 from mcpshare.lanes import LaneSink, LeaseLanes
+from mcpshare.metrics import MetricsSnapshot
 from mcpshare.mux import (
     CONNECTION_CLOSED,
     DEFAULT_QUEUE_SIZE,
@@ -190,6 +191,8 @@ class BackendInfo:
     """Server-to-client requests declined because no single session could have caused them."""
     lane: int = 0
     """0 for a key's first process, 1.. for the extra lanes of a server with ``lanes`` > 1."""
+    metrics: MetricsSnapshot = field(default_factory=MetricsSnapshot)
+    """Calls this process answered, errors among them, and how long they took (see :mod:`mcpshare.metrics`)."""
 
 
 class _Entry:
@@ -635,6 +638,7 @@ class BackendPool:
                     asks_linked=entry.backend.stats.linked if entry.backend is not None else 0,
                     asks_declined=entry.backend.stats.declined if entry.backend is not None else 0,
                     lane=entry.lane,
+                    metrics=entry.backend.metrics.snapshot() if entry.backend is not None else MetricsSnapshot(),
                 )
             )
         return rows
