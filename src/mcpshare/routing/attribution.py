@@ -197,16 +197,23 @@ class Stamps:
         self._next = secrets.randbits(63) | 1
         self.owners: dict[str, object] = {}
 
-    def stamp(self, params: dict[str, Any], owner: object) -> tuple[str, str | None]:
-        """Set ``params._meta.traceparent`` to a fresh value owned by ``owner``; (parent id, the client's value)."""
-        meta = params.get("_meta")
-        meta = dict(meta) if isinstance(meta, dict) else {}
+    def stamp(self, meta: dict[str, Any], owner: object, session: Any = None) -> tuple[str, str | None]:
+        """Set ``meta["traceparent"]`` (``meta`` is the request's own copy of its ``_meta``) to a fresh value owned by
+        ``owner``; (parent id, the client's value). Without a client value of its own, the trace id is one per
+        session: only the parent id needs to be unique."""
         original = meta.get(TRACEPARENT)
-        trace, flags = _trace_and_flags(original)
-        self._next = (self._next + 0x9E3779B97F4A7C15) % (1 << 64) or 1
+        if isinstance(original, str):
+            trace, flags = _trace_and_flags(original)
+        else:
+            trace = getattr(session, "trace_id", None) if session is not None else None
+            if trace is None:
+                trace = secrets.token_hex(16)
+                if session is not None:
+                    session.trace_id = trace
+            flags = "00"
+        self._next = (self._next + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF or 1
         parent = f"{self._next:016x}"
         meta[TRACEPARENT] = f"00-{trace}-{parent}-{flags}"
-        params["_meta"] = meta
         self.owners[parent] = owner
         return parent, original if isinstance(original, str) else None
 

@@ -78,6 +78,7 @@ class Session:
         "satellite",
         "subscriptions",
         "tasks",
+        "trace_id",
     )
 
     def __init__(self, sid: int, endpoint: Any) -> None:
@@ -97,6 +98,8 @@ class Session:
         self.closed = False
         self.close_reason: str | None = None
         self.satellite = False
+        self.trace_id: str | None = None
+        """The trace id of the traceparent stamped on its calls when it sent none of its own."""
 
     def __repr__(self) -> str:
         return f"<Session {self.id}>"
@@ -337,47 +340,54 @@ class Router:
             ]
         method: str = message["method"]
         params = message.get("params")
-        if session.modern is None:
-            session.modern = is_modern_request(params) or method == "server/discover"
-        if is_modern_request(params):
+        modern_request = is_modern_request(params)
+        if modern_request:
             session.modern = True
             session.initialized = not session.satellite  # a lane's session hears no broadcast
-        before = self.era.prepare(session, params)
-        answered = self.era.answer_locally(session, client_id, method, params, now)
-        if answered is not None:
-            return before + answered
+        elif session.modern is None:
+            session.modern = method == "server/discover"
+        before = self.era.prepare(session, params) if session.modern else ()
+        if method in self.era.local_methods or (type(params) is dict and "requestState" in params):
+            answered = self.era.answer_locally(session, client_id, method, params, now)
+            if answered is not None:
+                return [*before, *answered]
         if method == "tools/list":
-            return before + self._tools_list(session, client_id, params, message, now)
+            return [*before, *self._tools_list(session, client_id, params, message, now)]
         if method.startswith("tasks/"):
             refused = self._foreign_task(session, client_id, method, params)
             if refused is not None:
-                return before + refused
-        return before + self.send(session, client_id, method, params, message)
+                return [*before, *refused]
+        sent = self.send(session, client_id, method, params, message)
+        return [*before, *sent] if before else sent
 
     def send(
         self, session: Session | None, client_id: RequestId | None, method: str, params: Any, message: Message
     ) -> list[Action]:
         """Register a request and send it (or queue it behind the gate); the era shapes what the server sees."""
         entry = Pending(method, session, client_id)
-        entry.backend_id = next(self._ids)
-        self.pending[entry.backend_id] = entry
+        backend_id = entry.backend_id = next(self._ids)
+        self.pending[backend_id] = entry
         if session is not None and client_id is not None:
             session.inflight[client_id] = entry
-        outgoing = dict(message)
-        outgoing["id"] = entry.backend_id
-        meta = meta_of(params)
-        if meta is not None and valid_id(meta.get("progressToken")):
-            entry.progress_token = meta["progressToken"]
-            self.progress[entry.backend_id] = entry
-            params = {**params, "_meta": {**meta, "progressToken": entry.backend_id}}
+        outgoing = {**message, "id": backend_id}
+        meta = params.get("_meta") if type(params) is dict else None
+        stamped = session is not None and may_ask(method) and type(params) is dict
+        if stamped or (type(meta) is dict and "progressToken" in meta):
+            params = dict(params)  # type: ignore[arg-type]  # a dict: checked above
+            meta = dict(meta) if type(meta) is dict else {}
+            token = meta.get("progressToken")
+            if token is not None and valid_id(token):
+                entry.progress_token = token
+                self.progress[backend_id] = entry
+                meta["progressToken"] = backend_id
+            if stamped:
+                entry.subject = (method, name_of(method, params) or "")
+                entry.stamp, entry.traceparent = self.stamps.stamp(meta, entry, session)
+            params["_meta"] = meta
             outgoing["params"] = params
-        outgoing = self.era.outgoing(session, entry, outgoing)
+        if self.era.shapes_outgoing or (session is not None and session.modern):
+            outgoing = self.era.outgoing(session, entry, outgoing)
         self.stats.requests += 1
-        if session is not None and may_ask(method) and isinstance(outgoing.get("params"), dict):
-            entry.subject = (method, name_of(method, params) or "")
-            params = dict(outgoing["params"])
-            entry.stamp, entry.traceparent = self.stamps.stamp(params, entry)
-            outgoing["params"] = params
         entry.message = outgoing
         if entry.subject is not None and self.era.gated and not self.echoes_traceparent:
             writer = self.learned.gated(entry.subject)

@@ -40,6 +40,19 @@ class LegacyEra:
 
     gated = True
     """Asks have no link of their own here: requests that may ask go through the gate."""
+    shapes_outgoing = False
+    """Requests go to the server as sessions send them (a 2026-07-28 session's envelope is taken off)."""
+    local_methods = frozenset(
+        {
+            "initialize",
+            "server/discover",
+            "logging/setLevel",
+            "resources/subscribe",
+            "resources/unsubscribe",
+            "subscriptions/listen",
+        }
+    )
+    """Requests :meth:`answer_locally` may answer (with any request carrying a ``requestState``)."""
 
     def __init__(self, router: Router, initialize_result: dict[str, Any] | None = None) -> None:
         self.router = router

@@ -534,6 +534,19 @@ class ModernEra:
 
     gated = False
     """Input comes back in the result of the request that needs it: nothing to attribute, nothing to order."""
+    shapes_outgoing = True
+    """Every request gets the pool's envelope."""
+    local_methods = frozenset(
+        {
+            "initialize",
+            "server/discover",
+            "ping",
+            "logging/setLevel",
+            "resources/subscribe",
+            "resources/unsubscribe",
+            "subscriptions/listen",
+        }
+    )
 
     def __init__(self, router: Router, discover_result: dict[str, Any]) -> None:
         self.router = router
