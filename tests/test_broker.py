@@ -122,11 +122,15 @@ class BrokerEnv:
                     return int(answer["pid"])
                 await anyio.sleep(0.02)
 
-    def start_broker(self, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
-        """An explicit ``mcpshare serve ARGS...`` in the foreground of a child process (stderr to ``log``)."""
+    def start_broker(self, *args: str, log: Path | None = None, ulimit: str | None = None) -> subprocess.Popen[bytes]:
+        """An explicit ``mcpshare serve ARGS...`` in the foreground of a child process (stderr to ``log``), under
+        ``ulimit ULIMIT`` of the shell when given (``-n 1024``: a user's default limit of open files)."""
         stderr = open(log or self.root / "serve.stderr", "ab")
+        command = [sys.executable, "-m", "mcpshare", "serve", *args]
+        if ulimit is not None:
+            command = ["/bin/sh", "-c", f'ulimit {ulimit} && exec "$@"', "sh", *command]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mcpshare", "serve", *args],
+            command,
             env=self.run_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -136,6 +140,13 @@ class BrokerEnv:
         stderr.close()
         self.explicit.append(proc)
         return proc
+
+    def wait_ready_sync(self, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+        """Wait (blocking: for tests with no event loop) until the broker ``proc`` answers a ping."""
+        deadline = time.monotonic() + timeout
+        while control("ping", self) is None:
+            assert time.monotonic() < deadline and proc.poll() is None, "the broker did not come up"
+            time.sleep(0.02)
 
     def cleanup(self) -> None:
         """Kill (by pid) everything that still runs with this runtime dir, then remove the directory."""

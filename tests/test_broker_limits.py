@@ -24,7 +24,7 @@ import pytest
 
 from helpers import SERVERS_DIR, count_server_processes
 from mcpshare import runtime
-from test_broker import SHIM, WAITER, BrokerEnv, RawShim, control, marked_servers
+from test_broker import SHIM, WAITER, BrokerEnv, RawShim, marked_servers
 from test_broker_environment import start
 
 pytestmark = pytest.mark.timeout(240)
@@ -49,21 +49,8 @@ def many_files() -> Iterator[None]:
 
 def start_limited_broker(env: BrokerEnv) -> psutil.Process:
     """``mcpshare serve`` under ``ulimit -n 1024`` (soft and hard), as a user with a default limit would run it."""
-    log = open(env.root / "serve.stderr", "ab")  # handed to the child, closed below
-    proc = subprocess.Popen(
-        ["/bin/sh", "-c", f'ulimit -n {LIMIT} && exec "$@"', "sh", sys.executable, "-m", "mcpshare", "serve"],
-        env=env.run_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        cwd=env.root,
-    )
-    log.close()
-    env.explicit.append(proc)
-    deadline = time.monotonic() + 20
-    while control("ping", env) is None:
-        assert time.monotonic() < deadline and proc.poll() is None, "the broker did not come up"
-        time.sleep(0.02)
+    proc = env.start_broker(ulimit=f"-n {LIMIT}")
+    env.wait_ready_sync(proc)
     broker = psutil.Process(proc.pid)
     assert broker.rlimit(psutil.RLIMIT_NOFILE) == (LIMIT, LIMIT)
     return broker

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anyio
@@ -15,7 +14,7 @@ import psutil
 import pytest
 
 from helpers import NODE_ENTRIES, server_argv
-from test_broker import SHIM, BrokerEnv, RawShim, control, marked_servers
+from test_broker import SHIM, BrokerEnv, RawShim, marked_servers
 from test_broker_environment import INITIALIZE, call, start
 
 pytestmark = pytest.mark.timeout(90)
@@ -107,21 +106,8 @@ def test_the_broker_raises_its_own_fd_limit_and_gives_servers_the_usual_one(
     hard = psutil.Process().rlimit(psutil.RLIMIT_NOFILE)[1]
     if hard != psutil.RLIM_INFINITY and hard <= 512:
         pytest.skip(f"the hard limit here ({hard}) leaves nothing to raise")
-    log = open(broker_env.root / "serve.stderr", "ab")  # handed to the child, closed below
-    proc = subprocess.Popen(
-        ["/bin/sh", "-c", 'ulimit -Sn 256 && exec "$@"', "sh", sys.executable, "-m", "mcpshare", "serve"],
-        env=broker_env.run_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        cwd=broker_env.root,
-    )
-    log.close()
-    broker_env.explicit.append(proc)
-    deadline = time.monotonic() + 20
-    while control("ping", broker_env) is None:
-        assert time.monotonic() < deadline and proc.poll() is None, "the broker did not come up"
-        time.sleep(0.02)
+    proc = broker_env.start_broker(ulimit="-Sn 256")
+    broker_env.wait_ready_sync(proc)
     soft, broker_hard = psutil.Process(proc.pid).rlimit(psutil.RLIMIT_NOFILE)
     assert soft == broker_hard and soft > 256
     client = RawShim([*SHIM, "limits", "--", *server_argv(marker=marker)], broker_env.run_env(), tmp_path)

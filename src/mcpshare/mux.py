@@ -592,7 +592,7 @@ class Backend:
         session = channel.session
         session.capabilities = capabilities
         session.initialized = True  # its client had its handshake answered on the backend it came from
-        self._execute(self.router.era.restore(session, log_level=log_level, subscriptions=list(subscriptions)))
+        self._execute(self.router.restore(session, log_level=log_level, subscriptions=list(subscriptions)))
 
     def subscribed_uris(self) -> list[str]:
         """URIs with at least one subscriber."""

@@ -780,6 +780,17 @@ class Router:
         actions += self.era.failed(reason)
         return actions
 
+    def restore(self, session: Session, *, log_level: str | None, subscriptions: list[str]) -> list[Action]:
+        """A session moved here from another backend of its key (respawn, refresh): its level and subscriptions."""
+        actions: list[Action] = []
+        for uri in subscriptions:
+            session.subscriptions.add(uri)
+            actions += self.era.want(uri, session)
+        if log_level is not None:
+            session.log_level = log_level
+            actions += self.era.level_changed()
+        return actions
+
     def timer(self, token: Any, now: float = 0.0) -> list[Action]:
         """A timer asked for with ``(TIMER, token, seconds)`` went off."""
         return self.era.timer(token, now)

@@ -109,7 +109,7 @@ class LegacyEra:
         if level not in LOG_RANK or level == session.log_level:
             return []
         session.log_level = level
-        return self._level_changed()
+        return self.level_changed()
 
     def outgoing(self, session: Session | None, entry: Pending, message: Message) -> Message:
         """A 2026-07-28 session's envelope is not for this server: it rejects requests that carry one."""
@@ -137,10 +137,10 @@ class LegacyEra:
         if level not in LOG_RANK:
             return [(DELIVER, session, error_response(client_id, INVALID_PARAMS, f"unknown logging level {level!r}"))]
         session.log_level = level
-        changed = self._level_changed(answer=(session, client_id))
+        changed = self.level_changed(answer=(session, client_id))
         return changed or [(DELIVER, session, result_response(client_id, {}))]
 
-    def _level_changed(self, answer: tuple[Session, RequestId] | None = None) -> list[Action]:
+    def level_changed(self, answer: tuple[Session, RequestId] | None = None) -> list[Action]:
         """Bring the server to the finest level a session needs; answer ``answer`` once the server has it."""
         from mcpshare.routing.core import DELIVER
 
@@ -323,7 +323,7 @@ class LegacyEra:
         session.listens.clear()
         if session.log_level is not None:
             session.log_level = None
-            actions += self._level_changed()
+            actions += self.level_changed()
         return actions
 
     def failed(self, reason: str) -> list[Action]:
@@ -331,14 +331,3 @@ class LegacyEra:
 
     def timer(self, token: Any, now: float) -> list[Action]:
         return self.flows.timer(token, now)
-
-    def restore(self, session: Session, *, log_level: str | None, subscriptions: list[str]) -> list[Action]:
-        """A session moved here from another backend of its key (respawn, refresh): its level and subscriptions."""
-        actions: list[Action] = []
-        for uri in subscriptions:
-            session.subscriptions.add(uri)
-            actions += self.want(uri, session)
-        if log_level is not None:
-            session.log_level = log_level
-            actions += self._level_changed()
-        return actions

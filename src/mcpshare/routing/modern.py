@@ -640,27 +640,27 @@ class ModernEra:
                 return [(DELIVER, session, error_response(client_id, INVALID_PARAMS, f"{method} needs a string 'uri'"))]
             if method == "resources/subscribe":
                 session.subscriptions.add(uri)
-                actions = self._want(uri, session)
+                actions = self.want(uri, session)
             else:
                 session.subscriptions.discard(uri)
-                actions = self._unwant(uri, session)
+                actions = self.unwant(uri, session)
             return [*actions, (DELIVER, session, result_response(client_id, {}))]
         if method == "subscriptions/listen":
             filters = honored(listen_filter(params), self.capabilities)
             session.listens[client_id] = filters
             actions = [(DELIVER, session, acknowledged(client_id, filters))]
             for uri in filters.get("resourceSubscriptions") or ():
-                actions += self._want(uri, session)
+                actions += self.want(uri, session)
             return actions
         return None
 
-    def _want(self, uri: str, session: Session) -> list[Action]:
+    def want(self, uri: str, session: Session) -> list[Action]:
         subscribers = self.subscribers.setdefault(uri, set())
         first = not subscribers
         subscribers.add(session)
         return self._relisten() if first else []
 
-    def _unwant(self, uri: str, session: Session) -> list[Action]:
+    def unwant(self, uri: str, session: Session) -> list[Action]:
         still = uri in session.subscriptions or any(
             uri in (filters.get("resourceSubscriptions") or ()) for filters in session.listens.values()
         )
@@ -677,7 +677,7 @@ class ModernEra:
         filters = session.listens.pop(client_id, {})
         actions: list[Action] = []
         for uri in filters.get("resourceSubscriptions") or ():
-            actions += self._unwant(uri, session)
+            actions += self.unwant(uri, session)
         return actions
 
     def outgoing(self, session: Session | None, entry: Pending, message: Message) -> Message:
@@ -780,7 +780,7 @@ class ModernEra:
         session.subscriptions.clear()
         session.listens.clear()
         for uri in uris:
-            actions += self._unwant(uri, session)
+            actions += self.unwant(uri, session)
         return actions
 
     def failed(self, reason: str) -> list[Action]:
@@ -789,14 +789,8 @@ class ModernEra:
     def timer(self, token: Any, now: float) -> list[Action]:
         return self.asked.timer(token)
 
-    def restore(self, session: Session, *, log_level: str | None, subscriptions: list[str]) -> list[Action]:
-        actions: list[Action] = []
-        for uri in subscriptions:
-            session.subscriptions.add(uri)
-            actions += self._want(uri, session)
-        if log_level is not None:
-            session.log_level = log_level
-        return actions
+    def level_changed(self) -> list[Action]:
+        return []  # the level goes with each request
 
 
 __all__ = [
