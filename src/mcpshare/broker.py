@@ -44,6 +44,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from mcpshare import __version__, runtime
 from mcpshare.fdstream import DEFAULT_MAX_LINE_BYTES, FdLineReceiveStream, FdSendStream
 from mcpshare.http_front import HttpFront, bind_http
+from mcpshare.http_limits import HttpLimits
 from mcpshare.mux import decode, encode, error_response
 from mcpshare.pool import DEFAULT_IDLE_GRACE, BackendPool, Lease
 from mcpshare.sources import ConfigSource, HelloError, server_config
@@ -82,6 +83,7 @@ class BrokerOptions:
     idle_grace: float = DEFAULT_IDLE_GRACE
     exit_idle: float | None = None
     http_port: int | None = None
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     log_file: Path | None = None
     log_stderr: bool = True
 
@@ -178,6 +180,7 @@ class Broker:
         self.stop_requested = anyio.Event()
         self.started = time.monotonic()
         self.http_url: str | None = None
+        self.http_front: HttpFront | None = None
         self._next_id = 0
 
     def request_stop(self, reason: str) -> None:
@@ -363,6 +366,7 @@ class Broker:
             },
             "servers": servers,
             "connections": len(self.connections),
+            "http_front": self.http_front.status() if self.http_front is not None else None,
         }
 
     # ------------------------------------------------------------------ background duties
@@ -611,7 +615,9 @@ async def serve(options: BrokerOptions, paths: runtime.RuntimePaths) -> None:
     # Under anyio.run, routing may run in the loop's readiness callbacks (see Backend): a task switch less per message.
     async with BackendPool(idle_grace=options.idle_grace, eager_reads=True) as pool:
         broker = Broker(pool, paths, options, configs)
-        front = HttpFront(pool, configs, paths.token, http_socket) if http_socket is not None else None
+        front = None
+        if http_socket is not None:
+            front = broker.http_front = HttpFront(pool, configs, paths.token, http_socket, options.http_limits)
         listener = await anyio.create_unix_listener(paths.socket, mode=0o600)
         try:
             async with anyio.create_task_group() as tg:
