@@ -82,6 +82,7 @@ class Front:
         initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
         notified = await client.post(self.url(server), json=initialized, headers=self.session_headers(session))
         assert notified.status_code == 202 and notified.content == b""
+        assert notified.headers["content-length"] == "0"  # no body, not an empty chunked one
         return session
 
     def session_headers(self, session: str, **extra: str) -> dict[str, str]:
@@ -164,6 +165,25 @@ async def test_the_sdk_client_lists_and_calls_tools_and_a_plain_answer_is_json(f
             deleted = await client.delete(front.url(), headers=headers)
             assert deleted.status_code == 204
             assert (await client.post(front.url(), json=call, headers=headers)).status_code == 404
+
+
+async def test_a_notification_no_request_owns_waits_for_the_get_stream(front: Front) -> None:
+    """``tools/list_changed`` sent while a call runs relates to no request: the call's answer stays plain JSON, and
+    the notification is the first event of the session's GET stream once the client opens it."""
+    with anyio.fail_after(20):
+        async with httpx2.AsyncClient() as client:
+            session = await front.open_session(client)
+            headers = front.session_headers(session)
+            params = {"name": "add_tool", "arguments": {"name": "extra"}}
+            call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": params}
+            answered = await client.post(front.url(), json=call, headers=headers)
+            assert answered.headers["content-type"] == "application/json"
+            assert answered.json()["result"]["content"][0]["text"] == "added extra"
+            async with client.stream("GET", front.url(), headers=headers) as stream:
+                lines = stream.aiter_lines()
+                while not (line := await anext(lines)).startswith("data:"):
+                    pass
+            assert json.loads(line[5:])["method"] == "notifications/tools/list_changed"
 
 
 def test_the_inspector_cli_lists_and_calls_tools_over_http(

@@ -14,7 +14,8 @@ The transport, section by section of the spec ("Transports > Streamable HTTP"):
   ``text/event-stream`` (else 406), the body must be ``application/json`` (else 415) and a JSON-RPC message (else
   400). A notification or a response gets 202 and no body. A request gets ``application/json`` when its answer is
   the first message for it (a plain call: the client needs no SSE parser), else an SSE stream that carries what
-  comes first and ends with the answer.
+  comes first (its progress, a server request made while it is the session's only request) and ends with the
+  answer. Messages that relate to no open request wait for the GET stream.
 * Listening for messages from the server: GET (``Accept: text/event-stream``, else 406) opens the session's stream;
   one per session (409 for a second one). No response goes on it; there are no event ids (no resumption).
 * Session management: the id comes with the InitializeResult; a request without one gets 400, an unknown or
@@ -25,13 +26,14 @@ The transport, section by section of the spec ("Transports > Streamable HTTP"):
   request needs the bearer token kept in a 0600 file (401 with ``WWW-Authenticate: Bearer``, the same answer for a
   wrong token as for none).
 
-The limits (body, head, time, connections; :mod:`mcpshare.http_limits`) are enforced below this app, by its
-middleware and by the uvicorn protocol (:mod:`mcpshare.http_server`). The app is plain ASGI: no framework work
-between a POST and the lease.
+The limits (:mod:`mcpshare.http_limits`) are enforced below this app by the uvicorn protocol
+(:mod:`mcpshare.http_server`: head size, timeouts, connections), and here as a body is read (its size). The app is
+plain ASGI: no framework work between a POST and the lease.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -119,6 +121,13 @@ def accepts(header: bytes | None, media_type: str) -> bool:
         except ValueError:
             continue
     return False
+
+
+@functools.lru_cache(maxsize=64)
+def lists_both(header: bytes | None) -> bool:
+    """Whether an ``Accept`` header lists both types a POST's answer may come as (clients send the same one again
+    and again: the answer is cached)."""
+    return accepts(header, "application/json") and accepts(header, "text/event-stream")
 
 
 def is_json(header: bytes | None) -> bool:
@@ -226,6 +235,8 @@ class HttpSession:
         self.requests: dict[Any, _Outbox] = {}  # client request id -> its response (oldest first)
         self.tokens: dict[Any, Any] = {}  # progress token -> client request id
         self.standalone: _Outbox | None = None  # the GET stream, if open
+        self.held: deque[bytes] = deque()  # messages for the GET stream while none is open
+        self._held_size = 0
         self.last_active = time.monotonic()
         self.closed = False
         self.ended: str | None = None
@@ -282,12 +293,31 @@ class HttpSession:
                 outbox = self.requests.get(self.tokens.get(token))
             except TypeError:
                 outbox = None
-        elif "id" in message and len(self.requests) == 1:
-            outbox = next(iter(self.requests.values()))  # a server request rides the one request in flight
-        for candidate in (outbox, self.standalone, *self.requests.values()):
-            if candidate is not None and candidate.put(False, data):
-                return
-        logger.debug("HTTP session %s: no open stream for %s; dropped", self.id[:8], method)
+        elif "id" in message:
+            # A server request (the mux attributed it to this session) rides the one request in flight, else the
+            # GET stream, else the oldest request: it must reach the client to be answered.
+            candidates = [*self.requests.values()]
+            outbox = candidates[0] if len(candidates) == 1 else self.standalone or next(iter(candidates), None)
+        if outbox is not None and outbox.put(False, data):
+            return
+        if self.standalone is not None and self.standalone.put(False, data):
+            return
+        # Nothing it relates to is open: it waits for the GET stream (a request's stream carries only what relates
+        # to that request, and turns a plain answer into an SSE stream).
+        if self._held_size + len(data) > STREAM_BUFFER_BYTES:
+            logger.debug("HTTP session %s: no open stream for %s and no room to hold it; dropped", self.id[:8], method)
+            return
+        self.held.append(data)
+        self._held_size += len(data)
+
+    def open_stream(self) -> _Outbox:
+        """The GET stream: it starts with what was held for it."""
+        outbox = self.standalone = _Outbox()
+        for data in self.held:
+            outbox.put(False, data)
+        self.held.clear()
+        self._held_size = 0
+        return outbox
 
     def lease_ended(self) -> None:
         """The lease ended under the session (released, overflow, pool closing): every response ends too."""
@@ -344,7 +374,7 @@ class HttpFront:
 
         import uvicorn
 
-        from mcpshare.http_server import BodyLimits, FrontConfig
+        from mcpshare.http_server import FrontConfig
 
         class Server(uvicorn.Server):
             def capture_signals(self) -> contextlib.AbstractContextManager[None]:
@@ -352,7 +382,7 @@ class HttpFront:
 
         sock = self.socket
         try:
-            config = FrontConfig(BodyLimits(self, self.limits, self.guard), limits=self.limits, guard=self.guard)
+            config = FrontConfig(self, limits=self.limits, guard=self.guard)
             self._server = Server(config)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._serve, sock)
@@ -491,8 +521,7 @@ class HttpFront:
         server: str,
         session: HttpSession | None,
     ) -> None:
-        accept = headers.get(b"accept")
-        if not (accepts(accept, "application/json") and accepts(accept, "text/event-stream")):
+        if not lists_both(headers.get(b"accept")):
             await send_error(
                 send, 406, "Not Acceptable: the Accept header must list application/json and text/event-stream"
             )
@@ -500,7 +529,17 @@ class HttpFront:
         if not is_json(headers.get(b"content-type")):
             await send_error(send, 415, "Unsupported Media Type: the body must be application/json")
             return
-        body = await _read_body(receive)
+        limit = self.limits.max_body
+        declared = _content_length(headers)
+        if declared is not None and declared > limit:
+            await self._too_large(send, f" ({declared} bytes)")  # refused before a byte of it is read
+            return
+        body = await _read_body(receive, limit)
+        if body is None:
+            return  # the client left, or its body timed out (the protocol answered 408)
+        if len(body) > limit:
+            await self._too_large(send, "")  # refused the moment it passed the limit
+            return
         try:
             message = decode(body)
         except ValueError:
@@ -531,7 +570,7 @@ class HttpFront:
         session.last_active = time.monotonic()
         if kind != "request":
             await self._forward(session, message)
-            await send({"type": "http.response.start", "status": 202, "headers": []})
+            await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
             return
         if message["id"] in session.requests:
@@ -546,6 +585,13 @@ class HttpFront:
             if session.requests.get(message["id"]) is outbox:
                 session.forget_request(message["id"])
             session.last_active = time.monotonic()
+
+    async def _too_large(self, send: Send, size: str) -> None:
+        self.guard.count("body too large")
+        limit = self.limits.max_body
+        await send_error(
+            send, 413, f"the request body{size} is larger than the limit of {limit} bytes (--http-max-body)"
+        )
 
     async def _answer(
         self, send: Send, session: HttpSession, outbox: _Outbox, request: dict[str, Any], is_initialize: bool
@@ -588,7 +634,7 @@ class HttpFront:
         if session.standalone is not None:
             await send_error(send, 409, "Conflict: this session's GET stream is already open")
             return
-        outbox = session.standalone = _Outbox()
+        outbox = session.open_stream()
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
             await send({"type": "http.response.body", "body": b"", "more_body": True})
@@ -633,16 +679,27 @@ class HttpFront:
                 session.route(error_response(message["id"], CONNECTION_CLOSED, f"mcpshare: {exc}"))
 
 
-async def _read_body(receive: Receive) -> bytes:
-    """The whole request body (:class:`~mcpshare.http_limits.BodyLimits` bounds its size and time)."""
+def _content_length(headers: dict[bytes, bytes]) -> int | None:
+    value = headers.get(b"content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None  # httptools refuses such a request before the app sees it
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body; as soon as it passes ``limit`` bytes, what came so far plus one byte (the caller answers
+    413 without reading the rest); None when the client left (or its body timed out, answered by the protocol)."""
     message = await receive()
     body = message.get("body", b"")
     if not message.get("more_body", False):
-        return body
+        return body if message["type"] == "http.request" else None
     parts = [body]
-    while message.get("more_body", False):
+    size = len(body)
+    while message.get("more_body", False) and size <= limit:
         message = await receive()
-        if message["type"] == "http.disconnect":
-            break
+        if message["type"] != "http.request":
+            return None
         parts.append(message.get("body", b""))
-    return b"".join(parts)
+        size += len(parts[-1])
+    return b"".join(parts) if size <= limit else b"".join(parts)[: limit + 1]

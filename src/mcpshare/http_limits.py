@@ -1,12 +1,14 @@
-"""The limits of ``serve --http``: what one HTTP client may cost the broker, and the ASGI middleware for request bodies.
+"""The limits of ``serve --http``: what one HTTP client may cost the broker.
 
 The HTTP front is the one door of the broker that a client without a shim can knock on, so everything a hostile or
 broken client could make it hold is bounded here: bytes (body and header size), time (header, body, keep-alive,
 session idle) and connections. Connections are counted in two pools. A connection is *pending* until one of its
 requests has shown the bearer token; pending ones are capped tighter, and when a new one arrives over that cap the
 oldest pending one is closed, so a flood of clients that never authenticate cannot keep a client that does out.
-*Authenticated* connections are capped too (503 beyond). They are enforced below the app, by the uvicorn protocol and
-an ASGI middleware of :mod:`mcpshare.http_server`.
+*Authenticated* connections are capped too (503 beyond).
+
+The limits are enforced below the app by the uvicorn protocol of :mod:`mcpshare.http_server`, and by the app
+(:mod:`mcpshare.http_front`) as it reads a body (its size).
 
 This module holds only the figures and the counting: the CLI shows these defaults in ``serve --help`` without
 loading a server (nor anyio).
@@ -26,7 +28,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 INVALID_REQUEST = -32600
 LINGER_SECONDS = 3.0

@@ -1,49 +1,38 @@
-"""The HTTP server under the front's app: uvicorn with the limits of :mod:`mcpshare.http_limits` that it lacks.
+"""The HTTP server under the front's app: uvicorn, with the limits of :mod:`mcpshare.http_limits` that it lacks.
 
 uvicorn parses HTTP (httptools, the llhttp parser) and runs the ASGI app; it closes idle keep-alive connections, but
-it gives a client any time it likes to send a request's head, accepts a head of any size (httptools keeps every
-header it is sent), and, when the app answers before reading a request's body, either reads and discards that body
-to its end or closes the socket at once (the client, still sending, then gets a reset instead of the answer).
+it gives a client any time it likes to send a request's head or body, accepts a head of any size (httptools keeps
+every header it is sent), and, when the app answers before reading a request's body, either reads and discards that
+body to its end or closes the socket at once (the client, still sending, then gets a reset instead of the answer).
 :class:`GuardedProtocol`, uvicorn's httptools protocol, adds per connection:
 
 * a header timeout: a connection's first request head, and every later one from its first byte, must be complete
   within ``header_timeout`` (408, then closed);
 * a header size limit (431, then closed), counted on the raw bytes while a head is incomplete, so a head that never
   ends is refused as soon as it passes the limit;
+* a body timeout: a request body must be complete within ``body_timeout`` of its head (408, then closed);
 * the connection caps of :class:`~mcpshare.http_limits.ConnectionGuard`;
 * a lingering close when a response is complete before its request body: the front stops writing (FIN), discards
   what still arrives for at most :data:`~mcpshare.http_limits.LINGER_SECONDS`, then closes.
 
-:class:`BodyLimits`, an ASGI middleware, bounds each request body in size and time.
+Each timer runs only while a head or body is actually incomplete at the end of a read, so a request that arrives
+whole (the usual case) costs none. The body's size is bounded by the app as it reads it (uvicorn pauses reading
+while the app has not taken what arrived).
 
 It depends on the hooks of uvicorn's ``HttpToolsProtocol`` (``data_received``, the parser callbacks,
-``on_response_complete``); the HTTP front tests drive every one of them over real sockets.
+``on_response_complete``, its ``cycle``); the HTTP front tests drive every one of them over real sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
-import anyio
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from mcpshare.http_limits import (
-    INVALID_REQUEST,
-    LINGER_SECONDS,
-    App,
-    ConnectionGuard,
-    HttpLimits,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    error_body,
-    send_error,
-)
+from mcpshare.http_limits import INVALID_REQUEST, LINGER_SECONDS, ConnectionGuard, HttpLimits, error_body
 
 logger = logging.getLogger("mcpshare.http")
 
@@ -51,7 +40,7 @@ logger = logging.getLogger("mcpshare.http")
 class FrontConfig(uvicorn.Config):
     """uvicorn's config plus the front's limits and connection guard, which every :class:`GuardedProtocol` reads."""
 
-    def __init__(self, app: Any, *, limits: HttpLimits, guard: ConnectionGuard, **kwargs: Any) -> None:
+    def __init__(self, app: Any, *, limits: HttpLimits, guard: ConnectionGuard) -> None:
         self.limits = limits
         self.guard = guard
         super().__init__(
@@ -62,8 +51,8 @@ class FrontConfig(uvicorn.Config):
             log_config=None,
             access_log=False,
             server_header=False,
+            proxy_headers=False,  # no X-Forwarded-For: the guard knows connections by their real peer address
             timeout_keep_alive=limits.keep_alive,  # type: ignore[arg-type]  # uvicorn hints int; call_later takes float
-            **kwargs,
         )
 
 
@@ -77,7 +66,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.peer: Any = None
         self._in_head = True  # between two requests, or receiving a request's head (else: its body)
         self._head_bytes = 0
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the head's or the body's clock, while one is incomplete
         self._draining = False
 
     # ------------------------------------------------------------------ connection
@@ -85,54 +74,52 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.peer = self.client
-        self._start_head_timer()
+        self._start_timer(self.limits.header_timeout, self._head_timed_out)  # a connection must say something
         self.guard.opened(self.peer, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
+        self._cancel_timer()
         self.guard.closed(self.peer)
         super().connection_lost(exc)
 
     def evict(self) -> None:
         """Closed by the guard: too many connections without a token, and this is the oldest."""
         self._draining = True
+        self._cancel_timer()
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._draining:
             return  # answered and closing: what still arrives is discarded
         if self._in_head:
-            if self._head_timer is None:
-                self._start_head_timer()  # the first byte of a new request on a kept-alive connection
             self._head_bytes += len(data)
         super().data_received(data)
-        if self._in_head and self._head_bytes > self.limits.max_header and not self._draining:
-            self._refuse_head(431, self._head_too_large())
+        if self._draining:
+            return
+        if self._in_head:
+            if self._head_bytes > self.limits.max_header:
+                self._refuse(431, self._head_too_large())
+            elif self._head_bytes and self._timer is None:
+                self._start_timer(self.limits.header_timeout, self._head_timed_out)  # a head begun, not finished
+        elif self._timer is None:
+            self._start_timer(self.limits.body_timeout, self._body_timed_out)  # a body begun, not finished
 
     # ------------------------------------------------------------------ parser callbacks
 
-    def on_message_begin(self) -> None:
-        if not self._draining:
-            super().on_message_begin()
-
-    def on_url(self, url: bytes) -> None:
-        if not self._draining:
-            super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._draining:
-            super().on_header(name, value)
+    # Once refused, the rest of the bytes being parsed must reach no app: the callbacks that start or feed one stop.
 
     def on_headers_complete(self) -> None:
         if self._draining:
             return
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        size = len(self.url) + sum([len(name) + len(value) + 4 for name, value in self.headers])
         if size > self.limits.max_header:
-            self._refuse_head(431, self._head_too_large())
+            self._refuse(431, self._head_too_large())
             return
-        self._cancel_head_timer()
+        self._cancel_timer()
         self._in_head = False
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = _OneWrite(self.transport)  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         if not self._draining:
@@ -141,6 +128,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self._draining:
             return
+        self._cancel_timer()
         self._in_head = True
         self._head_bytes = 0
         super().on_message_complete()
@@ -150,6 +138,8 @@ class GuardedProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
 
     def on_response_complete(self) -> None:
+        if self.cycle is not None and isinstance(self.cycle.transport, _OneWrite):
+            self.cycle.transport.flush()  # a response without a body write (HEAD)
         if not self._in_head and not self.transport.is_closing():
             # The app answered before the request's body ended (a 413, a 401, a 406...): this connection cannot
             # carry another request, and closing it now would reset it under a client that is still sending.
@@ -159,33 +149,43 @@ class GuardedProtocol(HttpToolsProtocol):
 
     # ------------------------------------------------------------------ limits
 
-    def _start_head_timer(self) -> None:
-        self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
+    def _start_timer(self, delay: float, callback: Any) -> None:
+        self._cancel_timer()
+        self._timer = self.loop.call_later(delay, callback)
 
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
+        self._timer = None
         if self._draining or self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
-            return  # a response is under way (pipelining): the next head's clock starts when its first byte comes
+            return  # a response is under way (pipelining): the next head's clock starts with its next bytes
         self.guard.count("header timeout")
-        self._refuse_head(
-            408, f"the request head did not arrive within {self.limits.header_timeout:g} s (--http-header-timeout)"
-        )
+        limit = self.limits.header_timeout
+        self._refuse(408, f"the request head did not arrive within {limit:g} s (--http-header-timeout)")
+
+    def _body_timed_out(self) -> None:
+        self._timer = None
+        cycle = self.cycle
+        if self._draining or self.transport.is_closing() or cycle is None or cycle.response_started:
+            return  # answered already: the lingering close bounds the rest
+        self.guard.count("body timeout")
+        # The app, waiting for the rest of the body, gets a disconnect; what it might still send goes nowhere.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        limit = self.limits.body_timeout
+        self._refuse(408, f"the request body did not arrive within {limit:g} s (--http-body-timeout)")
 
     def _head_too_large(self) -> str:
         self.guard.count("head too large")
         return f"the request head is larger than the limit of {self.limits.max_header} bytes (--http-max-header)"
 
-    def _refuse_head(self, status: int, message: str) -> None:
-        """Answer a request whose head is not (or not acceptably) complete, before any app sees it; then close."""
-        self._cancel_head_timer()
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a request that cannot reach the app (its head or body incomplete, or too large); then close."""
         body = error_body(INVALID_REQUEST, message)
         self.transport.write(
             b"".join(
@@ -203,7 +203,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def _linger(self) -> None:
         """Stop writing (the client reads the answer, then EOF), discard what it still sends, close soon."""
         self._draining = True
-        self._cancel_head_timer()
+        self._cancel_timer()
         self._unset_keepalive_if_required()
         self.flow.resume_reading()
         if self.transport.can_write_eof():
@@ -211,79 +211,41 @@ class GuardedProtocol(HttpToolsProtocol):
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
 
-# ---------------------------------------------------------------------------------------------- request bodies
+class _OneWrite:
+    """The transport as one response's ASGI cycle sees it: the response head is held back until the first bytes of
+    its body, so that an answer leaves in one write (one TCP segment, one wake-up of the client) instead of two.
 
-
-class _BodyRejected(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class BodyLimits:
-    """ASGI middleware: a request body larger than ``max_body`` gets 413, one not received within ``body_timeout``
-    gets 408.
-
-    A declared ``Content-Length`` over the limit is answered before a byte of the body is read; a chunked body is
-    counted as it arrives and refused the moment it passes the limit. Nothing beyond the limit is kept: uvicorn
-    pauses reading while the app has not taken what arrived, and the protocol discards the rest after the answer
-    (:data:`LINGER_SECONDS`).
+    uvicorn writes the head as soon as the app starts its response; the front's app always sends the body (or its
+    first part, or an empty first chunk for a stream) right after. Anything else (a 100 Continue, a close) passes
+    at once, and the head never waits for more than the next write.
     """
 
-    def __init__(self, app: App, limits: HttpLimits, guard: ConnectionGuard) -> None:
-        self.app = app
-        self.limits = limits
-        self.guard = guard
+    __slots__ = ("_held", "_started", "_transport")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held = b""
+        self._started = False
+
+    def write(self, data: bytes) -> None:
+        if self._held:
+            data, self._held = self._held + data, b""
+        elif not self._started and not data.startswith(b"HTTP/1.1 1"):
+            self._started = True
+            self._held = data
             return
-        limit = self.limits.max_body
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1  # uvicorn's parser refuses such a request before it gets here
-                if declared > limit:
-                    self.guard.count("body too large")
-                    await send_error(send, 413, _too_large(limit, declared))
-                    return
-                break
-        received = 0
-        deadline = time.monotonic() + self.limits.body_timeout
-        started = False
+        self._transport.write(data)
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            with anyio.move_on_after(deadline - time.monotonic()) as scope_:
-                message = await receive()
-            if scope_.cancelled_caught:
-                self.guard.count("body timeout")
-                raise _BodyRejected(
-                    408, f"the request body did not arrive within {self.limits.body_timeout:g} s (--http-body-timeout)"
-                )
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    self.guard.count("body too large")
-                    raise _BodyRejected(413, _too_large(limit, None))
-            return message
+    def flush(self) -> None:
+        if self._held:
+            self.write(b"")
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyRejected as exc:
-            if started:
-                raise
-            await send_error(send, exc.status, str(exc))
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
-
-def _too_large(limit: int, declared: int | None) -> str:
-    size = f" ({declared} bytes)" if declared is not None else ""
-    return f"the request body{size} is larger than the limit of {limit} bytes (--http-max-body)"
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
