@@ -186,6 +186,35 @@ async def test_a_notification_no_request_owns_waits_for_the_get_stream(front: Fr
             assert json.loads(line[5:])["method"] == "notifications/tools/list_changed"
 
 
+async def test_ending_a_session_answers_its_call_in_flight(front: Front) -> None:
+    """DELETE while a call runs: the call's POST is answered at once with an error saying the session ended."""
+    with anyio.fail_after(20):
+        async with httpx2.AsyncClient() as client:
+            session = await front.open_session(client)
+            headers = front.session_headers(session)
+            call = {
+                "jsonrpc": "2.0",
+                "id": 9,
+                "method": "tools/call",
+                "params": {"name": "sleep", "arguments": {"seconds": 30}},
+            }
+            answers: list[httpx2.Response] = []
+            async with anyio.create_task_group() as tg:
+
+                async def call_it() -> None:
+                    answers.append(await client.post(front.url(), json=call, headers=headers))
+
+                tg.start_soon(call_it)
+                await anyio.sleep(0.5)
+                assert (await client.delete(front.url(), headers=headers)).status_code == 204
+    assert answers[0].status_code == 200
+    error = answers[0].json()
+    assert (
+        error["id"] == 9
+        and error["error"]["message"] == "mcpshare: session on MCP server 'test' closed: lease released"
+    )
+
+
 def test_the_inspector_cli_lists_and_calls_tools_over_http(
     broker_env: BrokerEnv, marker: str, inspector_cli_cmd: list[str], everything_cmd: list[str]
 ) -> None:

@@ -596,31 +596,34 @@ class HttpFront:
     async def _answer(
         self, send: Send, session: HttpSession, outbox: _Outbox, request: dict[str, Any], is_initialize: bool
     ) -> None:
-        """JSON when the answer is the first message for the request, else an SSE stream (see the module doc)."""
-        first = await outbox.get()
-        if first is None:
-            data = encode(error_response(request["id"], CONNECTION_CLOSED, f"mcpshare: {session.ended}"))
-            first = (True, data)
-        is_response, data = first
-        if is_response:
-            response_headers = list(_JSON_HEADERS)
+        """JSON when the answer is the first message for the request, else an SSE stream (see the module doc). If the
+        session ends first, the answer is an error that says why."""
+
+        def ended() -> tuple[bool, bytes]:
+            return True, encode(error_response(request["id"], CONNECTION_CLOSED, f"mcpshare: {session.ended}"))
+
+        def answered(data: bytes) -> None:
             if is_initialize:
                 answer = decode(data)
                 result = answer.get("result") if isinstance(answer, dict) else None
                 if isinstance(result, dict) and isinstance(result.get("protocolVersion"), str):
                     session.protocol_version = result["protocolVersion"]
-                response_headers.append((b"mcp-session-id", session.id.encode()))
-            response_headers.append((b"content-length", str(len(data)).encode()))
-            await send({"type": "http.response.start", "status": 200, "headers": response_headers})
+
+        extra = [(b"mcp-session-id", session.id.encode())] if is_initialize else []
+        is_response, data = await outbox.get() or ended()
+        if is_response:
+            answered(data)
+            headers = [*_JSON_HEADERS, *extra, (b"content-length", str(len(data)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": data})
             return
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-        item: tuple[bool, bytes] | None = first
-        while item is not None:
-            await send({"type": "http.response.body", "body": sse_event(item[1]), "more_body": True})
-            if item[0]:
+        await send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *extra]})
+        while True:
+            await send({"type": "http.response.body", "body": sse_event(data), "more_body": True})
+            if is_response:
+                answered(data)
                 break
-            item = await outbox.get()
+            is_response, data = await outbox.get() or ended()
             session.last_active = time.monotonic()
         await send({"type": "http.response.body", "body": b""})
 
