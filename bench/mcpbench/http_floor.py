@@ -2,9 +2,10 @@
 
 ``python http_floor.py PORT`` serves 127.0.0.1:PORT. The app reads the POST body, parses it and answers with a
 canned ``tools/call`` result (the request's id, ``Echo: hi``) in a JSON response, an ``initialize`` with a session
-id, a notification with 202: the least work an MCP front on this HTTP stack can do per call, with no server behind
-it. The http section times its raw POSTs next to those through mcpshare's front and to a direct stdio call, so the
-report can show what the HTTP round trip alone costs on this machine.
+id, ``tools/list`` with the one ``echo`` tool, a notification with 202, GET with 405 (no stream, as the spec
+allows) and DELETE with 204: the least work an MCP front on this HTTP stack can do per call, with no server behind
+it. The http section times raw POSTs and SDK client calls against it next to the real fronts, so the report can
+show what the HTTP round trip alone costs on this machine, and what the SDK client itself costs.
 """
 
 from __future__ import annotations
@@ -19,8 +20,16 @@ import uvicorn
 ANSWER = {"content": [{"type": "text", "text": "Echo: hi"}]}
 
 
+TOOLS = {"tools": [{"name": "echo", "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}}}}]}
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
+        return
+    if scope["method"] != "POST":
+        status = 204 if scope["method"] == "DELETE" else 405
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
         return
     body = b""
     while True:
@@ -36,7 +45,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if request.get("method") == "initialize":
         headers.append((b"mcp-session-id", b"floor"))
-        result: dict[str, Any] = {"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "floor"}}
+        result: dict[str, Any] = {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "floor", "version": "0"},
+        }
+    elif request.get("method") == "tools/list":
+        result = TOOLS
     else:
         result = ANSWER
     data = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result}).encode()

@@ -12,7 +12,8 @@ versions differ from ours), pinned in :data:`PEERS`. Every client is this reposi
 client. Measured, in interleaved rounds (the order of the fronts rotates from round to round):
 
 * sequential: the median latency of one echo call from one SDK session per front, and the CPU the front process
-  spent per call (read from the OS);
+  spent per call (read from the OS); and the same SDK session on :mod:`mcpbench.http_floor`, which answers by
+  itself: the client's own cost plus the HTTP round trip, the best any front could do;
 * 8 client processes (:mod:`mcpbench.http_worker`), each with its own session, all calling at once: calls/s;
 * a raw POST: the smallest HTTP client (one keep-alive connection, one request written whole, the JSON answer read
   by its Content-Length) through mcpshare's front vs the same call written straight into a server-everything's
@@ -352,7 +353,7 @@ async def http(ctx: BenchContext) -> list[Row]:
     raw_calls = 200 if profile.quick else 500
     worker_calls = 30 if profile.quick else 100
     names = ("mcpshare", *PEERS)
-    p50: dict[str, list[float]] = {name: [] for name in names}
+    p50: dict[str, list[float]] = {name: [] for name in (*names, "floor")}
     cpu_us: dict[str, list[float]] = {name: [] for name in names}
     rate: dict[str, list[float]] = {name: [] for name in names}
     raw_p50: dict[str, list[float]] = {"raw-post": [], "floor": [], "stdio": []}
@@ -371,8 +372,8 @@ async def http(ctx: BenchContext) -> list[Row]:
             readers = {name: await start_workers(ctx, front, spec) for name, front in fronts.items()}
             stdio = await stack.enter_async_context(RawClient.start(spec, stdio_env, cwd=ctx.workspace))
             await stdio.initialize()
-            floor = await start_front(ctx, "floor", spec, scratch)
-            stack.push_async_callback(stop_front, ctx, floor)
+            floor = fronts["floor"] = await start_front(ctx, "floor", spec, scratch)
+            calls["floor"] = checked_call(await holder.hold(sdk_session(floor)), spec.echo_tool, spec.echo_args)
             raw = {
                 "raw-post": RawHttp(fronts["mcpshare"].url, fronts["mcpshare"].token),
                 "floor": RawHttp(floor.url, None),
@@ -385,21 +386,25 @@ async def http(ctx: BenchContext) -> list[Row]:
                 for name in names:  # warm-up: first calls, caches, connection pools
                     await run_sequential(calls[name], 20)
                     await run_workers(fronts[name], readers[name], 5)
+                await run_sequential(calls["floor"], 20)
                 for client in raw.values():
                     async with client.connection():
                         for _ in range(50):
                             await client.call(spec.echo_tool, arguments)
                 for _ in range(50):
                     await stdio.sequential(spec.echo_tool, arguments, 1)
-            for name, front in fronts.items():
-                usage[name] = await _usage(ctx, front, spec.argv[0])
+            for name in names:
+                usage[name] = await _usage(ctx, fronts[name], spec.argv[0])
             for round_index in range(profile.rounds):
-                for name in rotate(names, round_index):
+                for name in rotate((*names, "floor"), round_index):
                     with anyio.fail_after(300):
-                        before = _cpu_seconds(fronts[name].process)
+                        process = fronts[name].process
+                        before = _cpu_seconds(process)
                         _, latencies = await run_sequential(calls[name], seq_calls)
-                        after = _cpu_seconds(fronts[name].process)
+                        after = _cpu_seconds(process)
                         p50[name].append(median(latencies) * 1000)  # type: ignore[operator]
+                        if name == "floor":
+                            continue
                         if before is not None and after is not None:
                             cpu_us[name].append((after - before) / seq_calls * 1e6)
                         rate[name].append(await run_workers(fronts[name], readers[name], worker_calls))
@@ -486,6 +491,22 @@ def _rows(
         f"<= {TARGET_P50:g}x",
         lambda value: value <= TARGET_P50,
     )
+    for peer in PEERS:
+        paired = paired_ratio(p50["floor"], p50[peer])
+        rows.append(
+            Row(
+                "http",
+                f"sequential call p50, SDK HTTP client, to the HTTP floor (no server) vs {peer}",
+                "ms",
+                pooled=median(p50["floor"]),
+                baseline=median(p50[peer]),
+                ratio=paired,
+                ratio_of=f"floor/{peer}",
+                baseline_kind=peer,
+                params={"rounds": len(p50[peer])},
+                note="the SDK client's own cost plus the HTTP round trip: the best ratio any front could reach",
+            )
+        )
     versus(
         f"calls/s, {WORKERS} client processes at once, echo @ everything",
         "calls/s",
