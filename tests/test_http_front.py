@@ -12,11 +12,13 @@ without I/O at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -427,7 +429,7 @@ async def test_a_body_that_is_too_slow_gets_408(front: Front) -> None:
             answer = await _read_until_closed(stream)
             elapsed = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408 ") and b"did not arrive within 1 s (--http-body-timeout)" in answer
-    assert 0.9 <= elapsed < 3.0, elapsed
+    assert 0.9 <= elapsed < 1 + 3.0, elapsed
 
 
 async def _read_until_closed(stream: Any) -> bytes:
@@ -508,9 +510,20 @@ async def test_a_head_sent_one_byte_a_second_is_closed_within_the_header_timeout
                     answer += await _read_until_closed(stream)
                     break
             elapsed = time.monotonic() - started
+            # The client goes on dribbling: the broker drops the connection for good (no lingering for a head).
+            for _ in range(8):
+                status = control("status", front.env)
+                assert status is not None
+                if status["http_front"]["connections"]["pending"] == 0:
+                    break
+                with contextlib.suppress(anyio.BrokenResourceError, ConnectionResetError, BrokenPipeError):
+                    await stream.send(b"x")
+                await anyio.sleep(0.5)
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert b"did not arrive within 1.5 s (--http-header-timeout)" in answer
-    assert 1.4 <= elapsed < 2.6, elapsed
+    assert 1.4 <= elapsed < 1.5 + 3.0, elapsed  # the timeout, and slack for a busy machine
+    assert status["http_front"]["connections"]["pending"] == 0
+    assert status["http_front"]["connections"]["rejected"]["header timeout"] == 1
 
 
 async def test_an_idle_keep_alive_connection_is_closed(broker_env: BrokerEnv, marker: str) -> None:
@@ -525,7 +538,7 @@ async def test_an_idle_keep_alive_connection_is_closed(broker_env: BrokerEnv, ma
             answer = await _read_until_closed(stream)
             elapsed = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 400 ")  # DELETE without a session
-    assert 0.4 <= elapsed < 2.0, elapsed
+    assert 0.4 <= elapsed < 0.5 + 3.0, elapsed
 
 
 async def test_500_slow_clients_do_not_stop_a_real_sdk_client(broker_env: BrokerEnv, marker: str) -> None:
@@ -617,9 +630,9 @@ async def test_an_abandoned_session_releases_its_lease_after_the_ttl(broker_env:
         status = control("status", broker_env)
         assert status is not None and [s["state"] for s in status["http_front"]["sessions"]] == ["idle"]
         assert status["servers"][0]["clients"] == 1 and status["connections"] == 0
-        assert await wait_until_gone(pid, timeout=5) == []
+        assert await wait_until_gone(pid, timeout=8) == []
         stopped_after = time.monotonic() - abandoned
-        assert 0.9 <= stopped_after < 1 + 0.25 + 0.3 + 1.5, stopped_after  # TTL, expiry tick, idle grace, slack
+        assert 0.9 <= stopped_after < 1 + 0.25 + 0.3 + 4, stopped_after  # TTL, expiry tick, idle grace, slack
         assert count_server_processes(marker) == []
         status = control("status", broker_env)
         assert status is not None and status["http_front"]["sessions"] == [] and status["servers"] == []
@@ -719,3 +732,28 @@ def test_the_body_limit_defaults_to_the_line_limit() -> None:
     assert HttpLimits().max_body == DEFAULT_MAX_LINE_BYTES
     with pytest.raises(ValueError, match="max_pending must be at least 1"):
         HttpLimits(max_pending=0)
+
+
+def test_serve_help_shows_every_http_limit_with_its_default() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mcpshare", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    limits = HttpLimits()
+    for option, default in (
+        ("--http-max-body", limits.max_body),
+        ("--http-max-header", limits.max_header),
+        ("--http-header-timeout", limits.header_timeout),
+        ("--http-body-timeout", limits.body_timeout),
+        ("--http-keep-alive", limits.keep_alive),
+        ("--http-max-connections", limits.max_connections),
+        ("--http-max-pending", limits.max_pending),
+        ("--http-session-ttl", limits.session_ttl),
+    ):
+        after = text.split(option, 1)[1]
+        assert f"[default: {default}]" in after.split("--http-", 1)[0], (option, after[:200])

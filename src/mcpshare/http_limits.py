@@ -30,10 +30,12 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 INVALID_REQUEST = -32600
-LINGER_SECONDS = 3.0
-"""After answering a request whose body is still arriving (a 413, a 401 before the body), the front stops writing,
-reads and discards for at most this long, then closes: closing at once would reset the connection and the client,
-still sending, would never read the answer."""
+LINGER_IDLE = 2.0
+LINGER_MAX = 30.0
+"""After answering a request whose body is still arriving (a 413, a 401 before the body), the front stops writing
+and reads and discards what the client still sends, while it keeps sending: until LINGER_IDLE seconds pass without
+a byte, or LINGER_MAX seconds in all (LINGER_IDLE in all after refusing a head: a slow one is not worth waiting
+for). Closing at once would reset the connection, and a client that is still sending would never read the answer."""
 
 
 @dataclass(frozen=True)

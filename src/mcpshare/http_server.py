@@ -13,7 +13,8 @@ body to its end or closes the socket at once (the client, still sending, then ge
 * a body timeout: a request body must be complete within ``body_timeout`` of its head (408, then closed);
 * the connection caps of :class:`~mcpshare.http_limits.ConnectionGuard`;
 * a lingering close when a response is complete before its request body: the front stops writing (FIN), discards
-  what still arrives for at most :data:`~mcpshare.http_limits.LINGER_SECONDS`, then closes.
+  what still arrives while it keeps coming (:data:`~mcpshare.http_limits.LINGER_IDLE` of silence, or
+  :data:`~mcpshare.http_limits.LINGER_MAX` in all, ends it), then closes.
 
 Each timer runs only while a head or body is actually incomplete at the end of a read, so a request that arrives
 whole (the usual case) costs none. The body's size is bounded by the app as it reads it (uvicorn pauses reading
@@ -32,7 +33,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from mcpshare.http_limits import INVALID_REQUEST, LINGER_SECONDS, ConnectionGuard, HttpLimits, error_body
+from mcpshare.http_limits import INVALID_REQUEST, LINGER_IDLE, LINGER_MAX, ConnectionGuard, HttpLimits, error_body
 
 logger = logging.getLogger("mcpshare.http")
 
@@ -68,6 +69,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._timer: asyncio.TimerHandle | None = None  # the head's or the body's clock, while one is incomplete
         self._draining = False
+        self._last_read = 0.0
 
     # ------------------------------------------------------------------ connection
 
@@ -90,6 +92,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._draining:
+            self._last_read = self.loop.time()
             return  # answered and closing: what still arrives is discarded
         if self._in_head:
             self._head_bytes += len(data)
@@ -198,17 +201,28 @@ class GuardedProtocol(HttpToolsProtocol):
                 ]
             )
         )
-        self._linger()
+        self._linger(LINGER_IDLE)  # a slow or oversized head: no upload worth waiting for
 
-    def _linger(self) -> None:
-        """Stop writing (the client reads the answer, then EOF), discard what it still sends, close soon."""
+    def _linger(self, longest: float = LINGER_MAX) -> None:
+        """Stop writing (the client reads the answer, then EOF), discard what it still sends, close once it stops
+        (or after ``longest`` seconds)."""
         self._draining = True
         self._cancel_timer()
         self._unset_keepalive_if_required()
         self.flow.resume_reading()
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        self._last_read = now = self.loop.time()
+        self._check_linger(now + longest)
+
+    def _check_linger(self, deadline: float) -> None:
+        now = self.loop.time()
+        if self.transport.is_closing():
+            return
+        if now >= deadline or now - self._last_read >= LINGER_IDLE:
+            self.transport.close()
+            return
+        self.loop.call_later(min(LINGER_IDLE / 2, deadline - now), self._check_linger, deadline)
 
 
 class _OneWrite:
