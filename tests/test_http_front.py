@@ -372,8 +372,14 @@ async def test_every_rejection_has_its_status_and_a_clear_body(front: Front) -> 
                 ),
                 ("head too large", await post(**{"x-big": "y" * 5000}), 431, "limit of 4096 bytes (--http-max-header)"),
             ]
+            # Answered before the body was read: the connection cannot carry another request, and says so.
+            before_body = {"Host", "Origin", "no Accept", "Accept json only", "Accept SSE only", "text/plain"}
+            before_body |= {"no Content-Type", "unknown session", "bad version", "other version", "stateless era"}
+            before_body |= {"other path", "PUT", "too large", "DELETE unknown"}
             for name, response, status, text in cases:
                 assert response.status_code == status, (name, response.status_code, response.text)
+                closing = response.headers.get("connection") == "close"
+                assert closing == (name in before_body or name == "head too large"), (name, response.headers)
                 assert response.headers["content-type"] == "application/json", name
                 error = response.json()
                 assert error["jsonrpc"] == "2.0" and error["error"]["code"] in (-32600, -32700), name

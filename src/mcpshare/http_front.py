@@ -463,18 +463,20 @@ class HttpFront:
         path: str = scope["path"]
         server = path[len(ENDPOINT_PREFIX) :] if path.startswith(ENDPOINT_PREFIX) else ""
         if not server or "/" in server:
-            await send_error(send, 404, f"no MCP endpoint at {path!r}: the endpoints are {ENDPOINT_PREFIX}<server>")
+            text = f"no MCP endpoint at {path!r}: the endpoints are {ENDPOINT_PREFIX}<server>"
+            await send_error(send, 404, text, close=True)
             return
         method = scope["method"]
         if method not in ("POST", "GET", "DELETE"):
-            await send_error(send, 405, f"{method} is not a Streamable HTTP method", headers=(_ALLOW,))
+            await send_error(send, 405, f"{method} is not a Streamable HTTP method", headers=(_ALLOW,), close=True)
             return
         if headers.get(b"host") not in self.allowed_hosts:
-            await send_error(send, 403, "Forbidden: this front serves Host 127.0.0.1 or localhost on its port only")
+            text = "Forbidden: this front serves Host 127.0.0.1 or localhost on its port only"
+            await send_error(send, 403, text, close=True)
             return
         origin = headers.get(b"origin")
         if origin is not None and origin not in self.allowed_origins:
-            await send_error(send, 403, "Forbidden: cross-origin requests are not allowed")
+            await send_error(send, 403, "Forbidden: cross-origin requests are not allowed", close=True)
             return
         presented = hashlib.sha256(headers.get(b"authorization", b"")).digest()
         if not hmac.compare_digest(presented, self._token_digest):
@@ -483,22 +485,25 @@ class HttpFront:
                 401,
                 f"Unauthorized: send 'Authorization: Bearer <token>' with the token in {self.token_file}",
                 headers=((b"www-authenticate", b'Bearer realm="mcpshare"'),),
+                close=True,
             )
             return
         if not self.guard.authenticate(scope.get("client")):
             limit = self.limits.max_connections
-            await send_error(send, 503, f"too many HTTP connections (at most {limit}; --http-max-connections)")
+            text = f"too many HTTP connections (at most {limit}; --http-max-connections)"
+            await send_error(send, 503, text, close=True)
             return
         session_id = headers.get(b"mcp-session-id")
         session = None
         if session_id is not None:
             session = self.sessions.get(session_id.decode("latin-1"))
             if session is None or session.closed or session.lease.server != server:
-                await send_error(send, 404, "Not Found: unknown or expired session; start a new one with initialize")
+                text = "Not Found: unknown or expired session; start a new one with initialize"
+                await send_error(send, 404, text, close=True)
                 return
             problem = version_problem(headers.get(b"mcp-protocol-version"), session.protocol_version)
             if problem is not None:
-                await send_error(send, 400, f"Bad Request: {problem}")
+                await send_error(send, 400, f"Bad Request: {problem}", close=True)
                 return
         if method == "POST":
             await self._post(scope, receive, send, headers, server, session)
@@ -522,12 +527,11 @@ class HttpFront:
         session: HttpSession | None,
     ) -> None:
         if not lists_both(headers.get(b"accept")):
-            await send_error(
-                send, 406, "Not Acceptable: the Accept header must list application/json and text/event-stream"
-            )
+            text = "Not Acceptable: the Accept header must list application/json and text/event-stream"
+            await send_error(send, 406, text, close=True)
             return
         if not is_json(headers.get(b"content-type")):
-            await send_error(send, 415, "Unsupported Media Type: the body must be application/json")
+            await send_error(send, 415, "Unsupported Media Type: the body must be application/json", close=True)
             return
         limit = self.limits.max_body
         declared = _content_length(headers)
@@ -589,9 +593,8 @@ class HttpFront:
     async def _too_large(self, send: Send, size: str) -> None:
         self.guard.count("body too large")
         limit = self.limits.max_body
-        await send_error(
-            send, 413, f"the request body{size} is larger than the limit of {limit} bytes (--http-max-body)"
-        )
+        text = f"the request body{size} is larger than the limit of {limit} bytes (--http-max-body)"
+        await send_error(send, 413, text, close=True)
 
     async def _answer(
         self, send: Send, session: HttpSession, outbox: _Outbox, request: dict[str, Any], is_initialize: bool

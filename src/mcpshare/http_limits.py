@@ -144,9 +144,13 @@ async def send_error(
     code: int = INVALID_REQUEST,
     request_id: Any = None,
     headers: tuple[tuple[bytes, bytes], ...] = (),
+    close: bool = False,
 ) -> None:
-    """Answer with ``status`` and a JSON-RPC error body saying why."""
+    """Answer with ``status`` and a JSON-RPC error body saying why. ``close`` for an answer given before the request's
+    body was read: the connection cannot carry another request, and the client must not try (the server then closes
+    it as :mod:`mcpshare.http_server` says, without cutting the answer)."""
     body = error_body(code, message, request_id)
+    extra = (*headers, (b"connection", b"close")) if close else headers
     await send(
         {
             "type": "http.response.start",
@@ -154,7 +158,7 @@ async def send_error(
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                *headers,
+                *extra,
             ],
         }
     )

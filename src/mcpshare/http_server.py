@@ -122,7 +122,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head = False
         super().on_headers_complete()
         if self.cycle is not None:
-            self.cycle.transport = _OneWrite(self.transport)  # type: ignore[assignment]
+            self.cycle.transport = _OneWrite(self.transport, self._answered_early)  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         if not self._draining:
@@ -141,14 +141,27 @@ class GuardedProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
 
     def on_response_complete(self) -> None:
-        if self.cycle is not None and isinstance(self.cycle.transport, _OneWrite):
-            self.cycle.transport.flush()  # a response without a body write (HEAD)
-        if not self._in_head and not self.transport.is_closing():
+        if self._draining:
+            return  # closing already (an answer that said so: see _answered_early)
+        cycle = self.cycle  # the latest request parsed: the one that completed, unless an earlier one (pipelining)
+        if cycle is not None and isinstance(cycle.transport, _OneWrite):
+            cycle.transport.flush()  # a response without a body write (HEAD)
+        if not self._in_head and cycle is not None and cycle.response_complete and not self.transport.is_closing():
             # The app answered before the request's body ended (a 413, a 401, a 406...): this connection cannot
             # carry another request, and closing it now would reset it under a client that is still sending.
             self._linger()
             return
         super().on_response_complete()
+
+    def _answered_early(self) -> None:
+        """uvicorn closes after a response that says ``Connection: close`` (an answer before the body was read):
+        a lingering close if the request's body is still arriving, else at once."""
+        if self._draining:
+            return
+        if self._in_head:
+            self.transport.close()
+        else:
+            self._linger()
 
     # ------------------------------------------------------------------ limits
 
@@ -230,14 +243,16 @@ class _OneWrite:
     its body, so that an answer leaves in one write (one TCP segment, one wake-up of the client) instead of two.
 
     uvicorn writes the head as soon as the app starts its response; the front's app always sends the body (or its
-    first part, or an empty first chunk for a stream) right after. Anything else (a 100 Continue, a close) passes
-    at once, and the head never waits for more than the next write.
+    first part, or an empty first chunk for a stream) right after. Anything else (a 100 Continue) passes at once,
+    and the head never waits for more than the next write. A close goes to the protocol, which lingers if the
+    request's body is still arriving.
     """
 
-    __slots__ = ("_held", "_started", "_transport")
+    __slots__ = ("_close", "_held", "_started", "_transport")
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, close: Any) -> None:
         self._transport = transport
+        self._close = close
         self._held = b""
         self._started = False
 
@@ -255,8 +270,9 @@ class _OneWrite:
             self.write(b"")
 
     def close(self) -> None:
+        """uvicorn's close after a response: the protocol decides how (``GuardedProtocol._answered_early``)."""
         self.flush()
-        self._transport.close()
+        self._close()
 
     def is_closing(self) -> bool:
         return self._transport.is_closing()
