@@ -45,6 +45,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from mcpshare import __version__, runtime
 from mcpshare.fdstream import DEFAULT_MAX_LINE_BYTES, FdLineReceiveStream, FdSendStream
 from mcpshare.http_front import HttpFront, bind_http
+from mcpshare.http_limits import HttpLimits
 from mcpshare.mux import decode, encode, error_response
 from mcpshare.pool import DEFAULT_IDLE_GRACE, BackendPool, Lease
 from mcpshare.sources import ConfigSource, HelloError, server_config
@@ -97,6 +98,7 @@ class BrokerOptions:
     idle_grace: float = DEFAULT_IDLE_GRACE
     exit_idle: float | None = None
     http_port: int | None = None
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     log_file: Path | None = None
     log_stderr: bool = True
 
@@ -269,6 +271,7 @@ class Broker:
         self.stop_requested = anyio.Event()
         self.started = time.monotonic()
         self.http_url: str | None = None
+        self.http_front: HttpFront | None = None
         self._next_id = 0
         self.fd_limit = _soft_fd_limit()
         self._pending_hellos: dict[int, anyio.CancelScope] = {}
@@ -622,6 +625,7 @@ class Broker:
             },
             "servers": servers,
             "connections": len(self.connections),
+            "http_front": self.http_front.status() if self.http_front is not None else None,
         }
 
     # ------------------------------------------------------------------ background duties
@@ -881,7 +885,9 @@ async def serve(options: BrokerOptions, paths: runtime.RuntimePaths) -> None:
         idle_grace=options.idle_grace, eager_reads=True, child_fd_limit=child_fd_limit, learned_file=paths.learned
     ) as pool:
         broker = Broker(pool, paths, options, configs)
-        front = HttpFront(pool, configs, paths.token, http_socket) if http_socket is not None else None
+        front = None
+        if http_socket is not None:
+            front = broker.http_front = HttpFront(pool, configs, paths.token, http_socket, options.http_limits)
         listener = await anyio.create_unix_listener(paths.socket, mode=0o600)
         try:
             async with anyio.create_task_group() as tg:

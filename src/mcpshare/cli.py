@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mcpshare import __version__, runtime, shim
+from mcpshare.http_limits import HttpLimits
 
 app = typer.Typer(
     name="mcpshare",
@@ -59,6 +60,9 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 # ---------------------------------------------------------------------------------------------- serve / connect
 
+_HTTP = "HTTP front limits (with --http)"
+_LIMITS = HttpLimits()
+
 
 @app.command()
 def serve(
@@ -81,6 +85,55 @@ def serve(
         float | None, typer.Option(help="Exit after this many seconds without any client or server.")
     ] = None,
     autostarted: Annotated[bool, typer.Option(hidden=True)] = False,
+    http_max_body: Annotated[
+        int, typer.Option(min=1, metavar="BYTES", help="Largest request body (413 beyond).", rich_help_panel=_HTTP)
+    ] = _LIMITS.max_body,
+    http_max_header: Annotated[
+        int,
+        typer.Option(
+            min=1, metavar="BYTES", help="Largest request head: line and headers (431 beyond).", rich_help_panel=_HTTP
+        ),
+    ] = _LIMITS.max_header,
+    http_header_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.001, metavar="S", help="Seconds to send a request head (then 408, closed).", rich_help_panel=_HTTP
+        ),
+    ] = _LIMITS.header_timeout,
+    http_body_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.001, metavar="S", help="Seconds to send a whole request body (408 beyond).", rich_help_panel=_HTTP
+        ),
+    ] = _LIMITS.body_timeout,
+    http_keep_alive: Annotated[
+        float,
+        typer.Option(
+            min=0.001, metavar="S", help="Seconds an idle keep-alive connection is kept.", rich_help_panel=_HTTP
+        ),
+    ] = _LIMITS.keep_alive,
+    http_max_connections: Annotated[
+        int,
+        typer.Option(min=1, metavar="N", help="Authenticated connections at once (503 beyond).", rich_help_panel=_HTTP),
+    ] = _LIMITS.max_connections,
+    http_max_pending: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Connections not yet authenticated; over this the oldest is closed.",
+            rich_help_panel=_HTTP,
+        ),
+    ] = _LIMITS.max_pending,
+    http_session_ttl: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            metavar="S",
+            help="Seconds an HTTP session with no request and no open stream is kept; then its lease is released.",
+            rich_help_panel=_HTTP,
+        ),
+    ] = _LIMITS.session_ttl,
 ) -> None:
     """Run the broker: one shared process per server config for every `mcpshare connect` client."""
     from mcpshare.broker import ENV_IDLE_GRACE, BrokerOptions, BrokerRunning, env_seconds, run
@@ -98,6 +151,16 @@ def serve(
         idle_grace=idle_grace if idle_grace is not None else env_seconds(ENV_IDLE_GRACE, DEFAULT_IDLE_GRACE),
         exit_idle=exit_idle,
         http_port=http,
+        http_limits=HttpLimits(
+            max_body=http_max_body,
+            max_header=http_max_header,
+            header_timeout=http_header_timeout,
+            body_timeout=http_body_timeout,
+            keep_alive=http_keep_alive,
+            max_connections=http_max_connections,
+            max_pending=http_max_pending,
+            session_ttl=http_session_ttl,
+        ),
         log_file=log_file,
         log_stderr=not autostarted,
     )
@@ -195,11 +258,22 @@ def status(
             _megabytes(row["rss"]),
         )
     console.print(table)
+    front = answer.get("http_front")
+    clients = f"{answer['connections']} shim connection(s)"
+    if front is not None:
+        sessions = front["sessions"]
+        if sessions:
+            console.print(_http_sessions_table(sessions))
+        live = sum(1 for session in sessions if session["state"] == "live")
+        clients += (
+            f"; {len(sessions)} HTTP session(s): {live} live, {len(sessions) - live} idle "
+            f"(ended after {front['session_ttl']:g} s idle)"
+        )
     configs = ", ".join(broker["configs"]) or "none found"
     if broker["default_configs"]:
         configs = f"the user's ({configs}; .mcp.json per client cwd)"
     console.print(
-        f"{answer['connections']} client connection(s); socket {broker['socket']}; log {broker['log']}; "
+        f"{clients}; socket {broker['socket']}; log {broker['log']}; "
         f"configs: {configs}; idle grace {broker['idle_grace']:g} s"
         + (f"; HTTP {broker['http']}<server> (bearer token in {broker['http_token']})" if broker.get("http") else ""),
         highlight=False,
@@ -262,6 +336,24 @@ def _watch_table(answer: dict[str, Any], previous: dict[tuple[Any, Any], tuple[f
         )
     for gone in set(previous) - seen:
         del previous[gone]
+    return table
+
+
+def _http_sessions_table(sessions: list[dict[str, Any]]) -> Table:
+    """The HTTP sessions: a live one has a request in flight or its GET stream open; an idle one ends after the TTL."""
+    table = Table(title="HTTP sessions", title_justify="left")
+    for column in ("session", "server", "key", "state", "requests", "GET stream", "idle for"):
+        table.add_column(column, justify="right" if column == "requests" else "left")
+    for session in sessions:
+        table.add_row(
+            session["id"],
+            session["server"],
+            session["key"],
+            session["state"],
+            str(session["requests"]),
+            "open" if session["stream"] else "-",
+            _duration(session["idle_for"]) if session["state"] == "idle" else "-",
+        )
     return table
 
 
