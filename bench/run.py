@@ -11,7 +11,8 @@ Run it from the repository root, in the project venv, with the pinned Node serve
 
 This is not a timed test: every figure is a ratio of two (or three) variants measured side by side in the same
 run on the same machine, medians over repeats, with the variants interleaved. Sections (see bench/README.md):
-processes, attach, throughput, storm, broker (skipped while ``mcpshare.broker`` does not import).
+processes, attach, throughput, attribution, storm, broker (skipped while ``mcpshare.broker`` does not
+import).
 
 Every process the run starts carries a marker in its environment; each section waits for its processes to be
 gone, and the run ends (Ctrl-C and SIGTERM included) by checking with psutil that none is left, killing any that
