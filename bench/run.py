@@ -6,8 +6,8 @@ Run it from the repository root, in the project venv, with the pinned Node serve
 
     python bench/run.py [--quick] [--threads 1,10,50,100] [--out bench/results] [--only SECTION,...]
 
-``scripts/bench`` does the set-up and runs the same command. A full run takes about 3-4 minutes on 2 cores,
-``--quick`` about half that. It prints a table and writes ``<out>/latest.json`` and ``<out>/processes_rss.png``.
+``scripts/bench`` does the set-up and runs the same command. A full run takes about 9-10 minutes on 2 cores,
+``--quick`` much less. It prints a table and writes ``<out>/latest.json`` and ``<out>/processes_rss.png``.
 
 This is not a timed test: every figure is a ratio of two (or three) variants measured side by side in the same
 run on the same machine, medians over repeats, with the variants interleaved. Sections (see bench/README.md):
