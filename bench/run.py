@@ -6,13 +6,13 @@ Run it from the repository root, in the project venv, with the pinned Node serve
 
     python bench/run.py [--quick] [--threads 1,10,50,100] [--out bench/results] [--only SECTION,...]
 
-``scripts/bench`` does the set-up and runs the same command. A full run takes about 3-4 minutes on 2 cores,
-``--quick`` about half that. It prints a table and writes ``<out>/latest.json`` and ``<out>/processes_rss.png``.
+``scripts/bench`` does the set-up and runs the same command. A full run takes about 9-10 minutes on 2 cores,
+``--quick`` much less. It prints a table and writes ``<out>/latest.json`` and ``<out>/processes_rss.png``.
 
 This is not a timed test: every figure is a ratio of two (or three) variants measured side by side in the same
 run on the same machine, medians over repeats, with the variants interleaved. Sections (see bench/README.md):
-processes, attach, throughput, storm, broker (skipped while ``mcpshare.broker`` does not import), http (the
-HTTP front vs mcp-proxy and FastMCP; it installs those two into bench/.peers on first use).
+processes, attach, throughput, attribution, storm, broker (skipped while ``mcpshare.broker`` does not import),
+http (the HTTP front vs mcp-proxy and FastMCP; it installs those two into bench/.peers on first use).
 
 Every process the run starts carries a marker in its environment; each section waits for its processes to be
 gone, and the run ends (Ctrl-C and SIGTERM included) by checking with psutil that none is left, killing any that

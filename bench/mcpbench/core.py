@@ -67,6 +67,10 @@ class Profile:
     rounds: int = 7
     storm_threads: int = 100
     storm_repeats: int = 3
+    ask_calls: int = 40
+    """Calls each of the 8 threads makes per round in the attribution section (a tool that asks its client)."""
+    ask_slow_calls: int = 5
+    """The same when the answers take a while (the attribution section's second kind of round)."""
     memory_margin_mb: int = 1536
     """The direct variant is skipped (or aborted) rather than leave the machine less free memory than this."""
 
@@ -83,6 +87,8 @@ class Profile:
                 conc_calls=600,
                 rounds=3,
                 storm_repeats=2,
+                ask_calls=10,
+                ask_slow_calls=3,
             )
         return cls(quick=False, threads=tuple(threads or (1, 10, 50, 100)))
 

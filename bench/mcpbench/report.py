@@ -19,7 +19,7 @@ def fmt_number(value: float | None, unit: str = "") -> str:
     """A figure with as many digits as it deserves: 12345, 123, 12.3, 1.23, 0.123."""
     if value is None:
         return "-"
-    if unit == "procs" or unit == "spawns":
+    if unit in ("procs", "spawns", "asks", "calls"):
         return f"{value:.0f}"
     magnitude = abs(value)
     if magnitude >= 100:

@@ -59,14 +59,16 @@ class ServerSpec:
     echo_tool: str = "echo"
     echo_args: Mapping[str, Any] = field(default_factory=dict)
 
-    def stdio_config(self, extra_env: Mapping[str, str]) -> StdioServerConfig:
-        """The pool's config of this server (shared per workspace, the default scope)."""
+    def stdio_config(self, extra_env: Mapping[str, str], **fields: Any) -> StdioServerConfig:
+        """The pool's config of this server (shared per workspace, the default scope); ``fields`` set other
+        StdioServerConfig fields (``lanes``, ``share``, ...) for sections that compare them."""
         return StdioServerConfig(
             name=self.name,
             command=self.argv[0],
             args=self.argv[1:],
             env={**self.env, **extra_env},
             startup_timeout_sec=60.0,
+            **fields,
         )
 
     def parameters(self, extra_env: Mapping[str, str], cwd: Path | None = None) -> StdioServerParameters:

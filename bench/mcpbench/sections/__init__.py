@@ -4,6 +4,6 @@ To add a section: write a module here with an ``@section(...)``-decorated ``asyn
 import it below. ``requires=("some.module",)`` skips it cleanly where that module does not import.
 """
 
-from mcpbench.sections import attach, broker, http, processes, storm, throughput
+from mcpbench.sections import attach, attribution, broker, http, processes, storm, throughput
 
-__all__ = ["attach", "broker", "http", "processes", "storm", "throughput"]
+__all__ = ["attach", "attribution", "broker", "http", "processes", "storm", "throughput"]
