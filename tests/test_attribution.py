@@ -508,3 +508,50 @@ async def test_what_the_broker_learned_survives_its_restart(broker_env: BrokerEn
     assert all(f'"text": "{name}"' in text for name, text in results.items()) and len(results) == N
     status = control("status", broker_env)
     assert status is not None and [row["asks_declined"] for row in status["servers"]] == [0]
+
+
+async def test_a_call_waiting_for_a_lane_takes_whichever_frees_first(
+    everything_cmd: list[str], tmp_workspace: Path
+) -> None:
+    """lanes = 4 and answers that take a while: eight calls at once fill the four processes, and the four left over
+    wait for a free one rather than at the gate of the first, so the second four also run side by side."""
+    running = 0
+    at_start: list[int] = []
+
+    def slow(name: str) -> Any:
+        async def sample(server: str, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+            nonlocal running
+            running += 1
+            at_start.append(running)
+            await anyio.sleep(0.3)
+            running -= 1
+            return types.CreateMessageResult(
+                role="assistant", content=types.TextContent(type="text", text=name), model="m"
+            )
+
+        return sample
+
+    config = McpConfig({"ev": everything(everything_cmd, lanes=4)})
+    async with ThreadManager(config, idle_grace=5) as manager:
+        threads = [await manager.start_thread(cwd=tmp_workspace, sampling=slow(f"t{i}")) for i in range(N)]
+        await threads[0].call_tool(SAMPLE, {"prompt": "alone"})
+        results: dict[str, str] = {}
+
+        async def one(index: int) -> None:
+            results[f"t{index}"] = tool_text(await threads[index].call_tool(SAMPLE, {"prompt": str(index)}))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:  # four at once: the three extra lanes start
+                for index in range(4):
+                    tg.start_soon(one, index)
+            assert len(count_server_processes(everything_cmd[1])) == 4
+            at_start.clear()
+            async with anyio.create_task_group() as tg:  # eight at once on four warm processes
+                for index in range(N):
+                    tg.start_soon(one, index)
+        assert all(f'"text": "{name}"' in text for name, text in results.items()) and len(results) == N
+        assert len(at_start) == N
+        # The second four started alongside each other: queued at the gate of the first process, they would run
+        # one by one (1 running each time one starts) while the lanes sat idle.
+        assert max(at_start[4:]) >= 3, at_start
+        assert sum(info.asks_declined for info in manager.snapshot().backends) == 0

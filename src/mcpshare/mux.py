@@ -23,7 +23,7 @@ import orjson
 
 from mcpshare.fdstream import HIGH_WATER, FdLineReceiveStream, FdSendStream
 from mcpshare.metrics import CallMetrics
-from mcpshare.routing import DELIVER, DONE, LEARNED, TIMER, TO_SERVER, Action, Learned, Router, Session
+from mcpshare.routing import DELIVER, DONE, FREED, LEARNED, TIMER, TO_SERVER, Action, Learned, Router, Session
 from mcpshare.routing.wire import (
     CLIENT_CAPABILITIES,
     CONNECTION_CLOSED,
@@ -254,6 +254,8 @@ class Backend:
         self._last_answer = time.monotonic()
         self._probing = False
         self.metrics = CallMetrics()
+        self.on_freed: Callable[[], None] | None = None
+        """Called when a call that held the gate ends (the pool wakes calls waiting for a free lane)."""
 
     # ------------------------------------------------------------------ state
 
@@ -384,6 +386,9 @@ class Backend:
             elif kind == TIMER:
                 if self._tg is not None:
                     self._tg.start_soon(self._timer, action[1], action[2])
+            elif kind == FREED:
+                if self.on_freed is not None:
+                    self.on_freed()
             elif kind == LEARNED:
                 learned = self.router.learned
                 if learned.changed and self._on_learned is not None:

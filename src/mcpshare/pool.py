@@ -325,13 +325,17 @@ class Lease:
             if target is not None:
                 await target.send(routed)
                 return
-            if "id" in message and "method" in message and channel.backend.router.would_wait(message):
-                lane = await self.pool._lane_for(self)
-                if lane is not None:
-                    index, lane_channel = lane
-                    self._lanes.started(index, lane_channel, message["id"])
-                    await lane_channel.send(message)
-                    return
+            if "id" in message and "method" in message:
+                while channel.backend.alive and channel.backend.router.would_wait(message):
+                    lane = await self.pool._lane_for(self)
+                    if lane is not None:
+                        index, lane_channel = lane
+                        self._lanes.started(index, lane_channel, message["id"])
+                        await lane_channel.send(message)
+                        return
+                    # Every process of the key is busy with a call that asks: wait here, not at one gate, so the
+                    # call goes to whichever process frees first.
+                    await self.pool._lane_freed(self.key)
         await channel.send(message)
 
     def send_now(self, message: Message) -> bool:
@@ -469,6 +473,7 @@ class BackendPool:
         self._restarts: dict[PoolKey, int] = {}
         self._leases: set[Lease] = set()
         self._lane_entries: dict[PoolKey, list[_Entry]] = {}
+        self._lane_events: dict[PoolKey, anyio.Event] = {}
         self.spawns = 0
         self.child_fd_limit = child_fd_limit
         self.learned = LearnedStore(learned_file)
@@ -662,6 +667,8 @@ class BackendPool:
             self._cancel_idle(entry)
             entry.stop_reason = "the pool is closing"
             entry.stop_requested.set()
+        for key in list(self._lane_events):
+            self._signal_lanes(key)
         with anyio.CancelScope(shield=True):
             for entry in entries:
                 await entry.finished.wait()
@@ -759,6 +766,18 @@ class BackendPool:
             return None  # it failed to start: the call waits at the gate of the first process instead
         return self._attach_lane(lease, entry)
 
+    async def _lane_freed(self, key: PoolKey) -> None:
+        """Until a process of ``key`` ends a call that held its gate."""
+        event = self._lane_events.get(key)
+        if event is None:
+            event = self._lane_events[key] = anyio.Event()
+        await event.wait()
+
+    def _signal_lanes(self, key: PoolKey) -> None:
+        event = self._lane_events.pop(key, None)
+        if event is not None:
+            event.set()
+
     def _attach_lane(self, lease: Lease, entry: _Entry) -> tuple[int, Channel]:
         assert entry.backend is not None and lease._lanes is not None
         existing = lease._lanes.channels.get(entry.lane)
@@ -777,6 +796,7 @@ class BackendPool:
             if entry.lane == lane:
                 entry.leases.discard(lease)
                 self._maybe_stop(entry)
+        self._signal_lanes(lease.key)
 
     async def _ready_entry(self, key: PoolKey, config: StdioServerConfig) -> _Entry:
         while True:
@@ -926,6 +946,8 @@ class BackendPool:
             probe_timeout=self.probe_timeout,
             input_ttl=self.input_ttl,
         )
+        if config.lanes > 1:
+            backend.on_freed = lambda: self._signal_lanes(entry.key)
         async with anyio.create_task_group() as tg:
             tg.start_soon(process.drain_stderr)
             await tg.start(backend.serve)
@@ -984,6 +1006,7 @@ class BackendPool:
 
                 async def wait_closed() -> None:
                     await backend.closed.wait()
+                    self._signal_lanes(entry.key)  # calls waiting for a free process look again (and see it gone)
                     entry.state = "crashed"
                     # Counted now, before the stop below, so a respawn racing with it sees the failure.
                     key = entry.key

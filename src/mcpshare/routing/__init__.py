@@ -10,6 +10,18 @@ The I/O around it (a process's pipes, timers, sessions' queues) is :mod:`mcpshar
 """
 
 from mcpshare.routing.attribution import Learned
-from mcpshare.routing.core import DELIVER, DONE, LEARNED, TIMER, TO_SERVER, Action, Pending, Router, Session
+from mcpshare.routing.core import DELIVER, DONE, FREED, LEARNED, TIMER, TO_SERVER, Action, Pending, Router, Session
 
-__all__ = ["DELIVER", "DONE", "LEARNED", "TIMER", "TO_SERVER", "Action", "Learned", "Pending", "Router", "Session"]
+__all__ = [
+    "DELIVER",
+    "DONE",
+    "FREED",
+    "LEARNED",
+    "TIMER",
+    "TO_SERVER",
+    "Action",
+    "Learned",
+    "Pending",
+    "Router",
+    "Session",
+]

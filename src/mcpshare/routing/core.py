@@ -56,6 +56,8 @@ DELIVER: Final = 1
 DONE: Final = 2
 TIMER: Final = 3
 LEARNED: Final = 4
+FREED: Final = 5
+"""``(FREED,)``: a call that held the gate ended: one waiting for a free process (another lane) may look again."""
 
 Action = tuple[Any, ...]
 
@@ -408,7 +410,7 @@ class Router:
             if state == "writer" and not entry.asked and entry.subject is not None:
                 self.learned.ran_alone_quietly(entry.subject)
             released = self.gate.finish(writer=state == "writer")
-        actions: list[Action] = []
+        actions: list[Action] = [(FREED,)] if state == "writer" else []
         for admitted in released:
             assert isinstance(admitted, Pending)
             admitted.gate = "writer" if self.gate.writer is admitted else "reader"
@@ -807,6 +809,7 @@ def cancel_message(backend_id: int, reason: str) -> Message:
 __all__ = [
     "DELIVER",
     "DONE",
+    "FREED",
     "INPUT_METHODS",
     "LEARNED",
     "TIMER",
