@@ -335,10 +335,10 @@ async def test_every_rejection_has_its_status_and_a_clear_body(front: Front) -> 
                     "differs from the version this session negotiated (2025-11-25)",
                 ),
                 (
-                    "stateless era",
+                    "stateless era",  # a 2026-07-28 request belongs to no session
                     await post(call, **{**in_session, "mcp-protocol-version": "2026-07-28"}),
                     400,
-                    "not served by this front yet",
+                    "is stateless: send it without an MCP-Session-Id",
                 ),
                 ("initialize again", await post(init, **in_session), 400, "already initialized"),
                 ("null request id", await post({**call, "id": None}, **in_session), 400, "not a JSON-RPC 2.0 message"),
@@ -730,7 +730,7 @@ def test_protocol_version_header_rules() -> None:
     assert version_problem(None, VERSION) is None  # the spec: assume the negotiated version
     assert version_problem(b"2025-11-25", VERSION) is None
     assert "differs" in (version_problem(b"2025-06-18", VERSION) or "")
-    assert "not served by this front yet" in (version_problem(b"2026-07-28", VERSION) or "")
+    assert "is stateless" in (version_problem(b"2026-07-28", VERSION) or "")
     assert "unsupported" in (version_problem(b"banana", VERSION) or "")
 
 
@@ -763,3 +763,82 @@ def test_serve_help_shows_every_http_limit_with_its_default() -> None:
     ):
         after = text.split(option, 1)[1]
         assert f"[default: {default}]" in after.split("--http-", 1)[0], (option, after[:200])
+
+
+# ---------------------------------------------------------------------------------------------- 2026-07-28
+
+
+async def test_stateless_requests_are_served_and_their_questions_come_back_as_input_required(front: Front) -> None:
+    """The SDK's Client in auto mode over HTTP: server/discover, then each request a POST of its own with no
+    session. Two such clients count their ids from 1 alike and each gets its own answers; a question the handshake
+    server asks during a call comes back in the call's result, and the Client's retry gets the answer."""
+    from mcp import Client
+
+    def answerer(name: str) -> Any:
+        async def elicit(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+            return types.ElicitResult(action="accept", content={"answer": f"{name} ({params.message})"})
+
+        return elicit
+
+    results: dict[str, str] = {}
+    with anyio.fail_after(60):
+        async with (
+            create_mcp_http_client(headers={"Authorization": f"Bearer {front.token}"}) as http_a,
+            create_mcp_http_client(headers={"Authorization": f"Bearer {front.token}"}) as http_b,
+            Client(
+                streamable_http_client(front.url(), http_client=http_a), mode="auto", elicitation_callback=answerer("a")
+            ) as a,
+            Client(
+                streamable_http_client(front.url(), http_client=http_b), mode="auto", elicitation_callback=answerer("b")
+            ) as b,
+        ):
+            assert a.session.protocol_version == b.session.protocol_version == "2026-07-28"
+
+            async def ask(name: str, client: Any) -> None:
+                results[name] = tool_text(await client.call_tool("ask", {"question": f"q{name}"}))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ask, "a", a)
+                tg.start_soon(ask, "b", b)
+            assert tool_text(await a.call_tool("echo", {"text": "plain"})) == "plain"
+    assert results == {"a": "accept:a (qa)", "b": "accept:b (qb)"}
+    status = control("status", front.env)
+    assert status is not None and [row["asks_declined"] for row in status["servers"]] == [0]
+
+
+async def test_eight_http_clients_sample_at_once_and_each_gets_its_own(front: Front) -> None:
+    """Eight HTTP sessions on server-everything call its sampling tool at once (after one call alone): every
+    sampler sees only its own prompt, every client its own answer, nothing declined."""
+    seen: list[tuple[str, str]] = []
+
+    def sampler(name: str) -> Any:
+        async def sample(context: ClientRequestContext, params: types.CreateMessageRequestParams) -> Any:
+            content = params.messages[0].content
+            seen.append((name, content.text if isinstance(content, types.TextContent) else "?"))
+            return types.CreateMessageResult(
+                role="assistant", content=types.TextContent(type="text", text=name), model="m"
+            )
+
+        return sample
+
+    results: dict[str, str] = {}
+    url = front.url("everything")
+    with anyio.fail_after(90):
+        async with sdk_client(url, front.token, sampling_callback=sampler("first")) as first:
+            await first.call_tool("trigger-sampling-request", {"prompt": "alone"})
+        seen.clear()
+
+        async def one(index: int) -> None:
+            async with sdk_client(url, front.token, sampling_callback=sampler(f"h{index}")) as session:
+                results[f"h{index}"] = tool_text(
+                    await session.call_tool("trigger-sampling-request", {"prompt": f"from h{index}"})
+                )
+
+        async with anyio.create_task_group() as tg:
+            for index in range(8):
+                tg.start_soon(one, index)
+    assert all(f'"text": "{name}"' in text for name, text in results.items()) and len(results) == 8
+    assert sorted(seen) == sorted((f"h{i}", f"Resource trigger-sampling-request context: from h{i}") for i in range(8))
+    status = control("status", front.env)
+    assert status is not None
+    assert [row["asks_declined"] for row in status["servers"] if row["server"] == "everything"] == [0]

@@ -22,6 +22,9 @@ The transport, section by section of the spec ("Transports > Streamable HTTP"):
   expired one 404; DELETE ends the session (204).
 * Protocol version header: a version this front does not serve, or another than the session's, gets 400; a
   request without the header is taken to be of the session's version.
+* 2026-07-28 (stateless): a request with that version in its header or its ``_meta`` envelope needs no session:
+  it is answered on its own POST, through a lease shared by the stateless requests of that endpoint (see
+  :class:`StatelessSession`); a question its call asks comes back in its result (``input_required``).
 * Security warning: an ``Origin`` or ``Host`` that is not this loopback front gets 403 (DNS rebinding); every
   request needs the bearer token kept in a 0600 file (401 with ``WWW-Authenticate: Bearer``, the same answer for a
   wrong token as for none).
@@ -36,6 +39,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import itertools
 import logging
 import os
 import secrets
@@ -163,7 +167,7 @@ def version_problem(header: bytes | None, negotiated: str | None) -> str | None:
         return None  # the spec: assume the negotiated version when the client sends none
     version = header.decode("latin-1").strip()
     if version in MODERN_PROTOCOL_VERSIONS:
-        return f"MCP-Protocol-Version {version} (stateless requests) is not served by this front yet; use initialize"
+        return f"MCP-Protocol-Version {version} is stateless: send it without an MCP-Session-Id"
     if version not in HANDSHAKE_PROTOCOL_VERSIONS:
         return f"unsupported MCP-Protocol-Version {version!r} (supported: {', '.join(HANDSHAKE_PROTOCOL_VERSIONS)})"
     if negotiated is not None and version != negotiated:
@@ -334,6 +338,55 @@ class HttpSession:
             logger.info("HTTP session %s detached from %r", self.id[:8], self.lease.server)
 
 
+class StatelessSession(HttpSession):
+    """Where the 2026-07-28 requests of one server endpoint and workspace go: each is a POST of its own with no
+    session, from any number of clients that each count their ids from 1. They share one lease (so a question the
+    server asks during a call comes back ``input_required`` with a handle any of them may retry with: the handle is
+    unguessable), and each request gets an id and progress token of its own on it, restored on its answer."""
+
+    def __init__(self, lease: Lease) -> None:
+        super().__init__(lease)
+        self.protocol_version = MODERN_PROTOCOL_VERSIONS[-1]
+        self._ids = itertools.count(1)
+        self.origins: dict[str, tuple[Any, Any]] = {}  # our id -> (the client's id, the client's progress token)
+
+    def rename(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The request as it goes on the shared lease: an id (and progress token) of its own."""
+        ours = f"http-{next(self._ids)}"
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        self.origins[ours] = (message["id"], token)
+        renamed = {**message, "id": ours}
+        if token is not None:
+            renamed["params"] = {**params, "_meta": {**meta, "progressToken": ours}}  # type: ignore[dict-item]
+        return renamed
+
+    def forget_request(self, request_id: Any) -> None:
+        super().forget_request(request_id)
+        self.origins.pop(request_id, None)
+
+    def route(self, message: dict[str, Any]) -> None:
+        method = message.get("method")
+        if method is None:
+            origin = self.origins.pop(message.get("id"), None) if isinstance(message.get("id"), str) else None
+            outbox = self.requests.pop(message.get("id"), None) if origin is not None else None
+            if outbox is not None:
+                outbox.put(True, encode({**message, "id": origin[0]}))  # type: ignore[index]
+                outbox.close()
+            return
+        if method == "notifications/progress":
+            params = message.get("params")
+            ours = params.get("progressToken") if isinstance(params, dict) else None
+            origin = self.origins.get(ours) if isinstance(ours, str) else None
+            outbox = self.requests.get(ours) if origin is not None else None
+            if outbox is not None and origin is not None:
+                outbox.put(False, encode({**message, "params": {**params, "progressToken": origin[1]}}))
+            return
+        # Anything else relates to no request of a stateless client and has no stream to go on.
+        logger.debug("stateless HTTP requests of %r: no stream for %s; dropped", self.lease.server, method)
+
+
 # ---------------------------------------------------------------------------------------------- the front
 
 
@@ -356,6 +409,7 @@ class HttpFront:
         self.port: int = sock.getsockname()[1]
         self._token_digest = hashlib.sha256(f"Bearer {load_or_create_token(token_file)}".encode()).digest()
         self.sessions: dict[str, HttpSession] = {}
+        self.stateless: dict[tuple[str, str], StatelessSession] = {}
         self.guard = ConnectionGuard(self.limits)
         hosts = (f"127.0.0.1:{self.port}", f"localhost:{self.port}")
         self.allowed_hosts = {host.encode() for host in hosts}
@@ -414,9 +468,10 @@ class HttpFront:
     async def stop(self) -> None:
         """End every session (their streams close), then let uvicorn finish without waiting for clients."""
         with anyio.CancelScope(shield=True):
-            for session in list(self.sessions.values()):
+            for session in [*self.sessions.values(), *self.stateless.values()]:
                 await session.close()
             self.sessions.clear()
+            self.stateless.clear()
             if self._server is not None:
                 self._server.should_exit = self._server.force_exit = True
                 with anyio.move_on_after(5):
@@ -435,6 +490,10 @@ class HttpFront:
                     if not session.closed:
                         logger.info("HTTP session %s idle for over %g s: ending it", session.id[:8], ttl)
                     await session.close()
+            for where, stateless in list(self.stateless.items()):
+                if stateless.closed or (stateless.idle and now - stateless.last_active > ttl):
+                    del self.stateless[where]
+                    await stateless.close()
 
     def status(self) -> dict[str, Any]:
         """The HTTP sessions and connections, for ``mcpshare status``."""
@@ -555,6 +614,9 @@ class HttpFront:
             await send_error(send, 400, f"Invalid Request: {text}")
             return
         is_initialize = kind == "request" and message["method"] == "initialize"
+        if session is None and kind == "request" and _is_stateless(message, headers):
+            await self._stateless(scope, send, server, message)
+            return
         if session is None:
             if not is_initialize:
                 await send_error(send, 400, "Bad Request: an MCP-Session-Id header is required (send initialize first)")
@@ -588,6 +650,37 @@ class HttpFront:
         finally:
             if session.requests.get(message["id"]) is outbox:
                 session.forget_request(message["id"])
+            session.last_active = time.monotonic()
+
+    async def _stateless(self, scope: Scope, send: Send, server: str, message: dict[str, Any]) -> None:
+        """A 2026-07-28 request: no session; its answer (JSON, or SSE when progress comes first) on this POST."""
+        workspace = _workspace(scope)
+        session = self.stateless.get((server, workspace))
+        if session is None or session.closed:
+            try:
+                lease = await self._acquire(server, workspace)
+            except HelloError as exc:
+                await send_error(send, 404, f"Not Found: {exc}", request_id=message["id"])
+                return
+            except Exception as exc:
+                text = f"MCP server {server!r} is not available: {exc}"
+                await send_error(send, 502, text, code=INTERNAL_ERROR, request_id=message["id"])
+                return
+            session = self.stateless.get((server, workspace))
+            if session is None or session.closed:
+                session = self.stateless[(server, workspace)] = StatelessSession(lease)
+                lease.tap(session.route, session.lease_ended)
+            else:
+                await lease.release()  # another request made the session meanwhile
+        session.last_active = time.monotonic()
+        renamed = session.rename(message)
+        outbox = session.open_request(renamed)
+        await self._forward(session, renamed)
+        try:
+            await self._answer(send, session, outbox, message, False)
+        finally:
+            if session.requests.get(renamed["id"]) is outbox:
+                session.forget_request(renamed["id"])
             session.last_active = time.monotonic()
 
     async def _too_large(self, send: Send, size: str) -> None:
@@ -661,14 +754,13 @@ class HttpFront:
                 session.standalone = None
             session.last_active = time.monotonic()
 
-    async def _open(self, server: str, scope: Scope) -> HttpSession:
-        from urllib.parse import parse_qs
-
-        cwd = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("cwd", [""])[0]
-        workspace = cwd if cwd and os.path.isabs(cwd) else os.getcwd()
+    async def _acquire(self, server: str, workspace: str) -> Lease:
         hello = {"server": server, "cwd": workspace, "config": None, "spec": None}
         config = server_config(hello, self.configs)
-        lease = await self.pool.acquire(config, workspace=workspace, environ=dict(os.environ))
+        return await self.pool.acquire(config, workspace=workspace, environ=dict(os.environ))
+
+    async def _open(self, server: str, scope: Scope) -> HttpSession:
+        lease = await self._acquire(server, _workspace(scope))
         session = HttpSession(lease)
         self.sessions[session.id] = session
         lease.tap(session.route, session.lease_ended)
@@ -683,6 +775,24 @@ class HttpFront:
             logger.warning("HTTP session %s: could not forward a message: %s", session.id[:8], exc)
             if "id" in message and "method" in message:
                 session.route(error_response(message["id"], CONNECTION_CLOSED, f"mcpshare: {exc}"))
+
+
+def _workspace(scope: Scope) -> str:
+    """The workspace of a request: ``?cwd=/abs/dir``, else the broker's working directory."""
+    from urllib.parse import parse_qs
+
+    cwd = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("cwd", [""])[0]
+    return cwd if cwd and os.path.isabs(cwd) else os.getcwd()
+
+
+def _is_stateless(message: dict[str, Any], headers: dict[bytes, bytes]) -> bool:
+    """A 2026-07-28 request: the version header says so, or its ``_meta`` carries the envelope."""
+    header = headers.get(b"mcp-protocol-version")
+    if header is not None and header.decode("latin-1").strip() in MODERN_PROTOCOL_VERSIONS:
+        return True
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return isinstance(meta, dict) and meta.get("io.modelcontextprotocol/protocolVersion") in MODERN_PROTOCOL_VERSIONS
 
 
 def _content_length(headers: dict[bytes, bytes]) -> int | None:
