@@ -842,3 +842,38 @@ async def test_eight_http_clients_sample_at_once_and_each_gets_its_own(front: Fr
     status = control("status", front.env)
     assert status is not None
     assert [row["asks_declined"] for row in status["servers"] if row["server"] == "everything"] == [0]
+
+
+async def test_metrics_are_prometheus_text_behind_the_token(front: Front) -> None:
+    """``GET /metrics`` answers the broker's counters in the Prometheus text format, parsed here with
+    prometheus-client's own parser: the calls a session made are counted on its server's row. Without the token it
+    is 401, like the endpoints; only GET is allowed."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics_url = front.base.removesuffix("/mcp/") + "/metrics"
+    with anyio.fail_after(30):
+        async with sdk_client(front.url(), front.token) as session:
+            for n in range(3):
+                assert tool_text(await session.call_tool("echo", {"text": str(n)})) == str(n)
+            async with httpx2.AsyncClient() as client:
+                auth = {"authorization": f"Bearer {front.token}"}
+                answer = await client.get(metrics_url, headers=auth)
+                assert (await client.get(metrics_url)).status_code == 401
+                assert (await client.post(metrics_url, headers=auth)).status_code == 405
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {
+        (sample.name, sample.labels.get("server")): sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    }
+    assert samples[("mcpshare_server_processes", "test")] == 1
+    assert samples[("mcpshare_server_clients", "test")] == 1
+    assert samples[("mcpshare_server_calls_total", "test")] >= 3  # three calls, plus the session's tools/list
+    assert (
+        samples[("mcpshare_server_call_duration_seconds_count", "test")]
+        == samples[("mcpshare_server_calls_total", "test")]
+    )
+    assert samples[("mcpshare_server_call_duration_seconds_sum", "test")] > 0
+    assert samples[("mcpshare_server_rss_bytes", "test")] > 1_000_000
+    assert samples[("mcpshare_broker_sessions", None)] >= 0
+    assert ("mcpshare_broker_refused_total", None) in samples

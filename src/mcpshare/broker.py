@@ -43,6 +43,7 @@ import psutil
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mcpshare import __version__, runtime
+from mcpshare.exposition import exposition
 from mcpshare.fdstream import DEFAULT_MAX_LINE_BYTES, FdLineReceiveStream, FdSendStream
 from mcpshare.http_front import HttpFront, bind_http
 from mcpshare.http_limits import HttpLimits
@@ -888,6 +889,7 @@ async def serve(options: BrokerOptions, paths: runtime.RuntimePaths) -> None:
         front = None
         if http_socket is not None:
             front = broker.http_front = HttpFront(pool, configs, paths.token, http_socket, options.http_limits)
+            front.metrics = exposition(broker.status)
         listener = await anyio.create_unix_listener(paths.socket, mode=0o600)
         try:
             async with anyio.create_task_group() as tg:

@@ -46,6 +46,7 @@ import secrets
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -66,6 +67,8 @@ STREAM_BUFFER_BYTES = 8 * 1024 * 1024
 """Bytes of messages one HTTP response may hold for a client that does not read it; beyond, the session ends (the
 pool's usual overflow rule: droppable notifications are dropped first)."""
 ENDPOINT_PREFIX = "/mcp/"
+METRICS_PATH = "/metrics"
+METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [
@@ -410,6 +413,8 @@ class HttpFront:
         self._token_digest = hashlib.sha256(f"Bearer {load_or_create_token(token_file)}".encode()).digest()
         self.sessions: dict[str, HttpSession] = {}
         self.stateless: dict[tuple[str, str], StatelessSession] = {}
+        self.metrics: Callable[[], bytes] | None = None
+        """What ``GET /metrics`` answers (the broker sets it: :func:`mcpshare.exposition.exposition`)."""
         self.guard = ConnectionGuard(self.limits)
         hosts = (f"127.0.0.1:{self.port}", f"localhost:{self.port}")
         self.allowed_hosts = {host.encode() for host in hosts}
@@ -521,7 +526,9 @@ class HttpFront:
         headers = dict(scope["headers"])
         path: str = scope["path"]
         server = path[len(ENDPOINT_PREFIX) :] if path.startswith(ENDPOINT_PREFIX) else ""
-        if not server or "/" in server:
+        if path == METRICS_PATH and self.metrics is not None:
+            server = METRICS_PATH  # checked like an endpoint (Host, Origin, token), then answered below
+        elif not server or "/" in server:
             text = f"no MCP endpoint at {path!r}: the endpoints are {ENDPOINT_PREFIX}<server>"
             await send_error(send, 404, text, close=True)
             return
@@ -551,6 +558,9 @@ class HttpFront:
             limit = self.limits.max_connections
             text = f"too many HTTP connections (at most {limit}; --http-max-connections)"
             await send_error(send, 503, text, close=True)
+            return
+        if server == METRICS_PATH:
+            await self._metrics(send, method)
             return
         session_id = headers.get(b"mcp-session-id")
         session = None
@@ -651,6 +661,17 @@ class HttpFront:
             if session.requests.get(message["id"]) is outbox:
                 session.forget_request(message["id"])
             session.last_active = time.monotonic()
+
+    async def _metrics(self, send: Send, method: str) -> None:
+        """``GET /metrics``: the broker's counters in the Prometheus text format (the same token as the endpoints)."""
+        if method != "GET":
+            await send_error(send, 405, f"{method} {METRICS_PATH}: only GET", headers=((b"allow", b"GET"),), close=True)
+            return
+        assert self.metrics is not None
+        body = self.metrics()
+        headers = [(b"content-type", METRICS_CONTENT_TYPE), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def _stateless(self, scope: Scope, send: Send, server: str, message: dict[str, Any]) -> None:
         """A 2026-07-28 request: no session; its answer (JSON, or SSE when progress comes first) on this POST."""
