@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from helpers import sdk_session, server_argv, tool_json, wait_until_gone
-from mcpshare import runtime, shim
+from mcpshare import runtime, shim, switches
 from test_broker import INITIALIZE, WAITER, BrokerEnv, RawShim, control, marked_servers, wait_waiting
 
 pytestmark = pytest.mark.timeout(60)
@@ -296,7 +296,14 @@ def test_the_shim_path_imports_only_the_standard_library() -> None:
     tops = {name.split(".")[0] for name in modules}
     assert not tops & HEAVY
     ours = {name for name in modules if name.split(".")[0] == "mcpshare"}
-    assert ours == {"mcpshare", "mcpshare.entry", "mcpshare.shim", "mcpshare.runtime", "mcpshare.connect_line"}
+    assert ours == {
+        "mcpshare",
+        "mcpshare.entry",
+        "mcpshare.shim",
+        "mcpshare.runtime",
+        "mcpshare.connect_line",
+        "mcpshare.switches",
+    }
     site_extras = {"__main__", "_distutils_hack", "sitecustomize", "usercustomize", "_virtualenv"}
     assert tops - {"mcpshare"} - site_extras <= set(sys.stdlib_module_names)
     assert "re" not in modules  # the wire codec avoids json's import of re (~1 MB)
@@ -315,7 +322,7 @@ def _measure_one_shim(argv: list[str], env: dict[str, str], initialize: bytes) -
         answer = json.loads(first + proc.stdout.readline())
         assert answer["id"] == 1 and answer["result"]["serverInfo"]["name"] == "testserver"
         waiting = psutil.Process(proc.pid)
-        deadline = time.monotonic() + (10 if env.get(shim.ENV_WAITER) != "python" else 0.2)
+        deadline = time.monotonic() + (10 if env.get(switches.WAITER) != "python" else 0.2)
         while waiting.exe() != WAITER and time.monotonic() < deadline:
             time.sleep(0.01)
         memory = waiting.memory_full_info()
@@ -337,7 +344,7 @@ async def test_shim_memory_and_first_byte_latency(broker_env: BrokerEnv, marker:
     argv = [*ENTRY, "connect", "test", "--", *server]
     hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
     initialize = runtime.encode_line({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello})
-    envs = {"sh": broker_env.run_env(), "python": broker_env.run_env(**{shim.ENV_WAITER: "python"})}
+    envs = {"sh": broker_env.run_env(), "python": broker_env.run_env(**{switches.WAITER: "python"})}
     measured: dict[str, list[tuple[float, float, float]]] = {"sh": [], "python": []}
     with anyio.fail_after(40):
         async with sdk_session(argv, env=broker_env.env):  # the broker and the server are warm from here on

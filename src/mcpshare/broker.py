@@ -42,7 +42,7 @@ import anyio.abc
 import psutil
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from mcpshare import __version__, runtime
+from mcpshare import __version__, runtime, switches
 from mcpshare.exposition import exposition
 from mcpshare.fdstream import DEFAULT_MAX_LINE_BYTES, FdLineReceiveStream, FdSendStream
 from mcpshare.http_front import HttpFront, bind_http
@@ -53,12 +53,6 @@ from mcpshare.sources import ConfigSource, HelloError, server_config
 
 logger = logging.getLogger("mcpshare.broker")
 
-ENV_IDLE_GRACE = "MCPSHARE_IDLE_GRACE"
-"""Default idle grace (seconds a server without clients lives on) for ``serve`` and autostarted brokers."""
-ENV_EXIT_IDLE = "MCPSHARE_BROKER_EXIT_IDLE"
-"""Seconds an autostarted broker with no client and no server waits before exiting (0: never)."""
-ENV_UVLOOP = "MCPSHARE_UVLOOP"
-"""``0`` runs the broker on asyncio's own event loop even where uvloop is installed."""
 AUTOSTART_EXIT_IDLE = 600.0
 HELLO_TIMEOUT = 5.0
 """Seconds a new connection has to send its hello (a shim sends it at once); then it is closed."""
@@ -102,21 +96,6 @@ class BrokerOptions:
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     log_file: Path | None = None
     log_stderr: bool = True
-
-
-def env_seconds(name: str, default: float) -> float:
-    """A non-negative number of seconds from the environment; a bad value is logged and ignored."""
-    text = os.environ.get(name)
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        logger.warning("ignoring %s=%r: not a number of seconds", name, text)
-        return default
-    return value
 
 
 def check_hello(hello: Mapping[str, Any]) -> None:
@@ -926,7 +905,7 @@ def use_uvloop() -> bool:
     The broker spends most of its time passing small messages between pipes; uvloop's event loop (C, libuv) takes
     a fair share less CPU per message than asyncio's own. Without it the broker runs on asyncio, unchanged.
     """
-    if os.environ.get(ENV_UVLOOP, "").strip().lower() in ("0", "no", "false", "off"):
+    if not switches.flag(switches.UVLOOP):
         return False
     try:
         import uvloop  # noqa: F401
@@ -978,9 +957,9 @@ def _keep_lasting_environment() -> None:
 
 def run_autostarted(paths: runtime.RuntimePaths, lock_fd: int) -> int:
     """A broker started by a shim: options from the environment, logs to the file only, exits when long idle."""
-    exit_idle = env_seconds(ENV_EXIT_IDLE, AUTOSTART_EXIT_IDLE)
+    exit_idle = switches.seconds(switches.EXIT_IDLE, AUTOSTART_EXIT_IDLE)
     options = BrokerOptions(
-        idle_grace=env_seconds(ENV_IDLE_GRACE, DEFAULT_IDLE_GRACE),
+        idle_grace=switches.seconds(switches.IDLE_GRACE, DEFAULT_IDLE_GRACE),
         exit_idle=exit_idle or None,
         log_stderr=False,
     )

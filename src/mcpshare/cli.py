@@ -136,7 +136,8 @@ def serve(
     ] = _LIMITS.session_ttl,
 ) -> None:
     """Run the broker: one shared process per server config for every `mcpshare connect` client."""
-    from mcpshare.broker import ENV_IDLE_GRACE, BrokerOptions, BrokerRunning, env_seconds, run
+    from mcpshare import switches
+    from mcpshare.broker import BrokerOptions, BrokerRunning, run
     from mcpshare.config import ConfigError, load_config
     from mcpshare.pool import DEFAULT_IDLE_GRACE
 
@@ -146,9 +147,13 @@ def serve(
             load_config(path)
         except ConfigError as exc:
             raise _fail(str(exc), 2) from None
+    wrong = switches.problems()
+    if wrong:
+        raise _fail("; ".join(wrong), 2)
+    grace_from_environment = switches.seconds(switches.IDLE_GRACE, DEFAULT_IDLE_GRACE)
     options = BrokerOptions(
         configs=tuple(paths),
-        idle_grace=idle_grace if idle_grace is not None else env_seconds(ENV_IDLE_GRACE, DEFAULT_IDLE_GRACE),
+        idle_grace=idle_grace if idle_grace is not None else grace_from_environment,
         exit_idle=exit_idle,
         http_port=http,
         http_limits=HttpLimits(

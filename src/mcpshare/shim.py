@@ -47,7 +47,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 
-from mcpshare import runtime
+from mcpshare import runtime, switches
 from mcpshare.connect_line import ConnectLine, HelpRequested, UsageError, parse
 
 TYPE_CHECKING = False  # typing is not imported: the shim stays cheap
@@ -79,12 +79,9 @@ With neither --config nor a command, the broker looks NAME up in its own configs
 the shim runs the server directly (unshared) when it knows the command, and says so on stderr.
 """
 
-ENV_NO_AUTOSTART = "MCPSHARE_NO_AUTOSTART"
-ENV_PASS_STDIO = "MCPSHARE_PASS_STDIO"
-"""``0`` makes the shim relay bytes itself instead of handing its stdin/stdout to the broker."""
-ENV_CONNECT_TIMEOUT = "MCPSHARE_CONNECT_TIMEOUT"
 DEFAULT_CONNECT_TIMEOUT = 10.0
-"""Seconds to wait for a broker to come up (the autostarted one imports the SDK: ~1 s on a cold cache)."""
+"""Seconds to wait for a broker to come up (the autostarted one imports the SDK: ~1 s on a cold cache);
+``MCPSHARE_CONNECT_TIMEOUT`` sets it."""
 HELLO_TIMEOUT = 180.0
 """Seconds to wait for the broker's answer; it answers once the server is started (startup_timeout_sec, 30 s
 by default, longer for a first ``npx`` download), so this only catches a broker that hangs."""
@@ -92,8 +89,6 @@ RESPAWN_INTERVAL = 3.0
 """Seconds between two autostart attempts of one shim, while no broker holds the lock."""
 CHUNK = 65536
 
-ENV_WAITER = "MCPSHARE_WAITER"
-"""``python`` keeps the interpreter waiting for the end of a handed-over session instead of ``exec``ing /bin/sh."""
 WAITER_SHELL = "/bin/sh"
 WAITER_FD = 3
 """Where the waiting shell finds the broker's socket. Not on stdin: bash, unless invoked as sh, takes a socket on
@@ -131,7 +126,7 @@ def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> Reques
     """The command line as a :class:`Request`; :class:`UsageError` with a one-line reason otherwise."""
     env = os.environ if environ is None else environ
     request = parse(argv)
-    if env.get(ENV_NO_AUTOSTART, "") not in ("", "0"):
+    if switches.flag(switches.NO_AUTOSTART, env):
         request.autostart = False
     return request
 
@@ -143,7 +138,7 @@ def can_pass_stdio(environ: dict[str, str] | None = None) -> bool:
     sharing the terminal, and a file has no reader to wait for.
     """
     env = os.environ if environ is None else environ
-    if env.get(ENV_PASS_STDIO, "") in ("0", "false", "no") or not hasattr(_socket, "SCM_RIGHTS"):
+    if not switches.flag(switches.PASS_STDIO, env) or not hasattr(_socket, "SCM_RIGHTS"):
         return False
     for fd in (0, 1):
         try:
@@ -158,7 +153,7 @@ def can_pass_stdio(environ: dict[str, str] | None = None) -> bool:
 def waiter(environ: dict[str, str] | None = None) -> str | None:
     """The shell to wait as after a hand-over (:data:`WAITER_SHELL`), or None: the interpreter waits itself."""
     env = os.environ if environ is None else environ
-    if env.get(ENV_WAITER, "") == "python" or not os.access(WAITER_SHELL, os.X_OK):
+    if switches.choice(switches.WAITER, env) == "python" or not os.access(WAITER_SHELL, os.X_OK):
         return None
     return WAITER_SHELL
 
@@ -617,10 +612,7 @@ def connect(
 ) -> tuple[_socket.socket, bytes, bool, bool]:
     """A socket on which the broker accepted our hello, any bytes it already sent after its answer, whether it
     takes our stdio (only if we offered it), and whether it will end with a text line (only if we asked)."""
-    try:
-        timeout = float(os.environ.get(ENV_CONNECT_TIMEOUT) or DEFAULT_CONNECT_TIMEOUT)
-    except ValueError:
-        timeout = DEFAULT_CONNECT_TIMEOUT
+    timeout = switches.seconds(switches.CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT)
     sock = open_connection(
         paths, autostart=request.autostart, timeout=timeout, server_keys=lambda: server_keys(request, cwd=cwd)
     )
@@ -641,6 +633,10 @@ def connect(
 
 def main(argv: list[str]) -> int:
     """``mcpshare connect ...``: returns the exit status (or never returns, after exec'ing the fallback)."""
+    wrong = switches.problems()
+    if wrong:  # before anything starts, a broker included: it would refuse the same values
+        sys.stderr.write("".join(f"mcpshare connect: {problem}\n" for problem in wrong))
+        return 2
     try:
         request = parse_args(argv)
     except HelpRequested:
