@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -64,21 +65,37 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 def serve(
     config: Annotated[
         list[Path] | None,
-        typer.Option("--config", "-c", help="Config file(s) to serve (default: the user's Codex/Claude/.mcp.json)."),
+        typer.Option(
+            "--config",
+            "-c",
+            help="Config file(s) to serve (repeatable).",
+            show_default="the files `mcpshare discover` lists, re-read per client cwd",
+        ),
     ] = None,
     idle_grace: Annotated[
         float | None,
-        typer.Option(help="Seconds a server without clients lives on [default: $MCPSHARE_IDLE_GRACE or 60]."),
+        # Not "[default: ...]" in the help text: typer's rich help reads square brackets as markup and drops them.
+        typer.Option(
+            help="Seconds a server without clients keeps running.", show_default="$MCPSHARE_IDLE_GRACE, else 60"
+        ),
     ] = None,
     http: Annotated[
         int | None,
         typer.Option(
-            "--http", metavar="PORT", min=0, max=65535, help="Also serve Streamable HTTP on 127.0.0.1:PORT (0: any)."
+            "--http",
+            metavar="PORT",
+            min=0,
+            max=65535,
+            help="Also serve Streamable HTTP on 127.0.0.1:PORT (0: any).",
+            show_default="no HTTP front",
         ),
     ] = None,
-    log_file: Annotated[Path | None, typer.Option(help="Log file [default: broker.log in the runtime dir].")] = None,
+    log_file: Annotated[
+        Path | None, typer.Option(help="Log file.", show_default="broker.log in the runtime directory")
+    ] = None,
     exit_idle: Annotated[
-        float | None, typer.Option(help="Exit after this many seconds without any client or server.")
+        float | None,
+        typer.Option(help="Exit after this many seconds without any client or server.", show_default="never"),
     ] = None,
     autostarted: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
@@ -157,8 +174,36 @@ def _print_json(data: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
+def _print_table(table: Table, *, wide: bool) -> None:
+    """A table that never cuts a name or a key: cells wrap to the terminal, or with ``wide`` each row keeps to one
+    line however long it gets (for a pager or a wide window)."""
+    if not wide:
+        console.print(table)
+        return
+    for column in table.columns:
+        column.no_wrap = True
+    unbounded = console.options.update(width=1_000_000, max_width=1_000_000)
+    width = Measurement.get(console, unbounded, table).maximum
+    # A console of its own: print(width=...) never goes past the terminal's width.
+    Console(width=max(width, console.width), markup=False, highlight=False, file=console.file).print(table, crop=False)
+
+
+def _table(title: str, columns: tuple[str, ...], right: tuple[str, ...] = ()) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left", overflow="fold")
+    return table
+
+
 @app.command()
-def status(as_json: Annotated[bool, typer.Option("--json", help="Print the broker's answer as JSON.")] = False) -> None:
+def status(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the broker's answer as JSON.", show_default="off")
+    ] = False,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="One line per server, however wide the table gets.", show_default="off")
+    ] = False,
+) -> None:
     """Show the broker and the server processes it shares (exit status 1 when no broker runs)."""
     answer = _control("status")
     if answer is None:
@@ -171,9 +216,11 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print the broke
         _print_json({"running": True, **{key: value for key, value in answer.items() if key != "ok"}})
         return
     broker = answer["broker"]
-    table = Table(title=f"mcpshare broker pid {broker['pid']}, up {_duration(broker['uptime'])}", title_justify="left")
-    for column in ("server", "key", "pid", "era", "state", "clients", "restarts", "uptime", "RSS"):
-        table.add_column(column, justify="right" if column in ("pid", "clients", "restarts", "RSS") else "left")
+    table = _table(
+        f"mcpshare broker pid {broker['pid']}, up {_duration(broker['uptime'])}",
+        ("server", "key", "pid", "era", "state", "clients", "restarts", "uptime", "RSS"),
+        right=("pid", "clients", "restarts", "RSS"),
+    )
     for row in answer["servers"]:
         lane = row.get("lane") or 0
         table.add_row(
@@ -187,10 +234,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print the broke
             _duration(row["uptime"]),
             _megabytes(row["rss"]),
         )
-    console.print(table)
+    _print_table(table, wide=wide)
     configs = ", ".join(broker["configs"]) or "none found"
     if broker["default_configs"]:
-        configs = f"the user's ({configs}; .mcp.json per client cwd)"
+        configs = f"the user's ({configs}; the project's files per client cwd)"
     console.print(
         f"{answer['connections']} client connection(s); socket {broker['socket']}; log {broker['log']}; "
         f"configs: {configs}; idle grace {broker['idle_grace']:g} s"
@@ -266,49 +313,79 @@ def _wrap_module() -> Any:
         raise _fail(f"`mcpshare wrap` is not available in this installation ({exc})") from None
 
 
-def _show(result: Any, verb: str) -> None:
-    """Say what wrap/unwrap did: names and reasons only (WrapResult never holds file content)."""
+def _show(result: Any, verb: str, *, diff: bool = True) -> None:
+    """Say what wrap/unwrap did, or with a dry run would do (then also the unified diff of the change): names and
+    reasons, and in the diff only the lines that change."""
     path = getattr(result, "path", None)
+    dry = bool(getattr(result, "dry_run", False))
+    base = verb.removesuffix("ped")
     if getattr(result, "restored", False):
-        console.print(f"restored {path} byte for byte from its backup", highlight=False)
+        restore = "would restore" if dry else "restored"
+        console.print(f"{restore} {path} byte for byte from its backup", highlight=False)
     elif changed := list(getattr(result, "changed", [])):
-        console.print(f"{verb} {len(changed)} server(s) in {path}: {', '.join(changed)}", highlight=False)
+        done = f"would {base}" if dry else verb
+        console.print(f"{done} {len(changed)} server(s) in {path}: {', '.join(changed)}", highlight=False)
     else:
-        console.print(f"nothing to {verb.removesuffix('ped')} in {path}", highlight=False)
+        console.print(f"nothing to {base} in {path}", highlight=False)
     for name, reason in dict(getattr(result, "skipped", {})).items():
-        console.print(f"  left alone: {name} ({reason})", highlight=False)
+        console.print(f"  {'would leave' if dry else 'left'} alone: {name} ({reason})", highlight=False)
     if getattr(result, "backup", None) is not None:
-        console.print(f"  the original is kept in {result.backup}", highlight=False)
+        console.print(f"  the original {'would be' if dry else 'is'} kept in {result.backup}", highlight=False)
     for note in getattr(result, "notes", []):
         console.print(f"  note: {note}", highlight=False)
-    if getattr(result, "dry_run", False):
+    if dry:
+        lines = result.diff() if diff and hasattr(result, "diff") else []
+        for line in lines:
+            style = "green" if line.startswith("+") else "red" if line.startswith("-") else None
+            console.print(Text(line, style=style or ""), highlight=False, soft_wrap=True)
         console.print("  (dry run: nothing was written)", highlight=False)
 
 
 @app.command()
 def wrap(
-    config: Annotated[Path, typer.Argument(help="A Codex config.toml or an mcpServers JSON file.")],
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A client config: Codex config.toml, mcpServers JSON, VS Code, Cursor, Gemini CLI, Windsurf or Zed.",
+            show_default="none: give a file, or --all",
+        ),
+    ] = None,
+    all_configs: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Every config `mcpshare discover` lists (the user's and this project's).", show_default="off"
+        ),
+    ] = False,
     server: Annotated[
         list[str] | None,
-        typer.Option("--server", "-s", help="Only these servers (repeatable; NAME@DIR for a project)."),
+        typer.Option(
+            "--server", "-s", help="Only these servers (repeatable; NAME@DIR for a project).", show_default="all"
+        ),
     ] = None,
     http: Annotated[
         bool,
-        typer.Option("--http", help="Point the entries at the broker's HTTP front instead (no shim process)."),
+        typer.Option(
+            "--http", help="Point the entries at the broker's HTTP front instead (no shim process).", show_default="off"
+        ),
     ] = False,
     port: Annotated[
         int | None,
-        typer.Option(min=1, max=65535, help="With --http: the front's port (default 17432, the service's)."),
+        typer.Option(min=1, max=65535, help="With --http: the front's port.", show_default="17432, the service's"),
     ] = None,
-    dry_run: Annotated[bool, typer.Option(help="Say what would change; write nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Show the diff of what would change; write nothing.")] = False,
 ) -> None:
     """Rewrite a client config so its stdio servers run through `mcpshare connect`, or with --http reach the
     broker's HTTP front (the original is kept; `mcpshare unwrap` gives it back)."""
     if port is not None and not http:
         raise _fail("--port goes with --http", 2)
+    if (config is None) == (not all_configs):
+        raise _fail("give one config file, or --all", 2)
     module = _wrap_module()
     target = module.HttpTarget(port or module.DEFAULT_HTTP_PORT) if http else None
     extra = {"http": target} if target is not None else {}
+    if all_configs:
+        _wrap_all(module, server, dry_run, extra)
+        return
     try:
         result = module.wrap_file(config, servers=server or None, dry_run=dry_run, **extra)  # launcher: wrap's default
     except (OSError, ValueError) as exc:
@@ -316,6 +393,40 @@ def wrap(
     _show(result, "wrapped")
     if target is not None and result.changed:
         _explain_http(target)
+
+
+def _client_configs() -> list[Path]:
+    """The configs `discover` lists, without mcpshare's own servers file (definitions, not a client's config)."""
+    from mcpshare.config import default_config_paths, shared_servers_path
+
+    home = Path.home()
+    own = shared_servers_path(home)
+    return [path for path in default_config_paths(home=home, cwd=Path.cwd()) if path != own]
+
+
+def _wrap_all(module: Any, server: list[str] | None, dry_run: bool, extra: dict[str, Any]) -> None:
+    """wrap each discovered config in turn; one that fails does not stop the others (exit status 1 at the end)."""
+    paths = _client_configs()
+    if not paths:
+        console.print("no client config found (see `mcpshare discover`)", highlight=False)
+        return
+    summary = _table(
+        "would be wrapped" if dry_run else "wrapped", ("config", "wrapped", "left alone", "error"), right=("wrapped",)
+    )
+    failed = 0
+    for path in paths:
+        try:
+            result = module.wrap_file(path, servers=server or None, dry_run=dry_run, **extra)
+        except (OSError, ValueError) as exc:
+            failed += 1
+            errors.print(Text("mcpshare: ", style="bold red") + Text(str(exc)), highlight=False)
+            summary.add_row(str(path), "-", "-", str(getattr(exc, "reason", exc)))
+            continue
+        _show(result, "wrapped")
+        summary.add_row(str(path), str(len(result.changed)), str(len(result.skipped)), "")
+    _print_table(summary, wide=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _explain_http(target: Any) -> None:
@@ -339,7 +450,7 @@ def _explain_http(target: Any) -> None:
 @app.command()
 def unwrap(
     config: Annotated[Path, typer.Argument(help="A config file changed by `mcpshare wrap`.")],
-    dry_run: Annotated[bool, typer.Option(help="Say what would change; write nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Show the diff of what would change; write nothing.")] = False,
 ) -> None:
     """Undo `mcpshare wrap`: the servers run directly again."""
     module = _wrap_module()
@@ -350,6 +461,51 @@ def unwrap(
     _show(result, "unwrapped")
 
 
+@app.command()
+def discover(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the configs and their servers as JSON.", show_default="off")
+    ] = False,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="One line per server, however wide the table gets.", show_default="off")
+    ] = False,
+) -> None:
+    """List every MCP config of the user and of this project (the broker's default sources, in merge order), each
+    server in it, and whether it is wrapped."""
+    from mcpshare.config import default_config_paths
+
+    module = _wrap_module()
+    found = []
+    for path in default_config_paths(home=Path.home(), cwd=Path.cwd()):
+        try:
+            host, states = module.inspect_file(path)
+        except (OSError, ValueError) as exc:
+            found.append({"path": str(path), "host": None, "servers": [], "error": str(exc)})
+            continue
+        servers = [dataclasses.asdict(state) for state in states]
+        found.append({"path": str(path), "host": host, "servers": servers, "error": None})
+    if as_json:
+        _print_json({"configs": found})
+        return
+    if not found:
+        console.print("no MCP config found for this user or in this directory", highlight=False)
+        return
+    table = _table(f"{len(found)} MCP config(s), in the order the broker merges them", ("config", "server", "wrapped"))
+    for config in found:
+        where = f"{config['path']} ({config['host'] or 'unreadable'})"
+        if config["error"]:
+            table.add_row(where, "-", Text(config["error"], style="red"))
+        for index, server in enumerate(config["servers"]):
+            state = {"shim": "yes (shim)", "http": "yes (HTTP front)"}.get(server["wrapped"] or "", "no")
+            if server["note"]:
+                state += f": {server['note']}"
+            table.add_row(where if index == 0 else "", server["label"], state)
+        if not config["servers"] and not config["error"]:
+            table.add_row(where, "(no servers)", "")
+        table.add_section()
+    _print_table(table, wide=wide)
+
+
 # ---------------------------------------------------------------------------------------------- service
 # The files and the managers are mcpshare.service's; this front says what was done and what to do next.
 
@@ -357,7 +513,9 @@ service_app = typer.Typer(
     help="Run the broker with its HTTP front at login (systemd user unit, launchd agent).", no_args_is_help=True
 )
 app.add_typer(service_app, name="service")
-_PORT_OPTION = typer.Option(min=1, max=65535, help="The HTTP front's port (the URLs `wrap --http` writes name it).")
+_PORT_OPTION = typer.Option(
+    min=1, max=65535, help="The HTTP front's port (the URLs `wrap --http` writes name it).", show_default="17432"
+)
 
 
 @service_app.command("install")

@@ -51,6 +51,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import copy
+import difflib
 import hashlib
 import json
 import os
@@ -84,8 +85,10 @@ __all__ = [
     "HTTP_TOKEN_VAR",
     "SIDECAR_SUFFIX",
     "HttpTarget",
+    "ServerState",
     "WrapResult",
     "default_mcpshare_command",
+    "inspect_file",
     "is_wrapped",
     "unwrap_entry",
     "unwrap_file",
@@ -120,6 +123,60 @@ class WrapResult:
     notes: list[str] = field(default_factory=list)
     """Things the user should know, in sentences (an edited file unwrapped entry by entry, a backup kept...)."""
     dry_run: bool = False
+    before: bytes | None = field(default=None, repr=False)
+    """The file as read, and (``after``) as written or, with ``dry_run``, as it would be: only for :meth:`diff`,
+    which the CLI prints on ``--dry-run`` to the user who owns the file; kept out of the repr."""
+    after: bytes | None = field(default=None, repr=False)
+
+    def diff(self, context: int = 3) -> list[str]:
+        """A unified diff (lines without their ends) from the file as it was to what it is, or would be, after."""
+        if self.before is None or self.after is None or self.before == self.after:
+            return []
+        before = self.before.decode("utf-8", "replace").splitlines()
+        after = self.after.decode("utf-8", "replace").splitlines()
+        name = os.fspath(self.path)
+        return list(difflib.unified_diff(before, after, name, name + " (after)", n=context, lineterm=""))
+
+
+@dataclass
+class ServerState:
+    """One entry of a config file as ``mcpshare discover`` shows it (names and states only, no values)."""
+
+    label: str
+    transport: str
+    """"stdio", "http", or "?" for an entry that is not a table."""
+    wrapped: str | None
+    """"shim" (launches ``mcpshare connect``), "http" (points at the broker's HTTP front), None when not wrapped."""
+    note: str = ""
+    """Why it is not wrapped, if not just because nobody did: disabled, cannot run here, remote."""
+
+
+def inspect_file(path: str | os.PathLike[str]) -> tuple[str, list[ServerState]]:
+    """The host a file belongs to and the state of each of its servers; :class:`ConfigError` if it does not parse."""
+    source = _read(Path(path))
+    document = _load(source.path, source.text)
+    http_dialect = document.dialect in (formats.CODEX, formats.MCP_JSON)
+    states = []
+    for server in document.servers():
+        entry = server.entry
+        if not isinstance(entry, Mapping):
+            states.append(ServerState(server.label, "?", None, "invalid: not a table"))
+            continue
+        remote = "command" not in entry
+        transport = "http" if remote else "stdio"
+        if http_dialect and front_route(entry) is not None:
+            states.append(ServerState(server.label, "http", "http"))
+        elif server.refusal is not None:
+            states.append(ServerState(server.label, transport, None, server.refusal))
+        elif not remote and is_wrapped(entry):
+            states.append(ServerState(server.label, "stdio", "shim"))
+        elif remote:
+            states.append(ServerState(server.label, "http", None, "a remote server: nothing to share"))
+        elif entry.get("enabled") is False or entry.get("disabled") is True:
+            states.append(ServerState(server.label, "stdio", None, "disabled"))
+        else:
+            states.append(ServerState(server.label, "stdio", None))
+    return document.dialect.host, states
 
 
 # ---------------------------------------------------------------------------------------------- entries
@@ -1160,6 +1217,7 @@ def wrap_file(
     output = source.encode(document.render())
     _check_output(document, output.decode("utf-8-sig"), changes, file)
     result.backup = backup
+    result.before, result.after = source.raw, output
     if not dry_run:
         _check_unchanged(source)
     _keep_backup(source, output, backup, sidecar, any_wrapped, result)
@@ -1203,7 +1261,8 @@ def _keep_backup(
         # The file holds nothing of ours: it is a new original (unwrapped by hand, or rewritten by its host) and the
         # backup is from an earlier wrap. Keep that one under a new name and back up the current file.
         rotated = _free_rotation(backup)
-        result.notes.append(f"an older backup that differs from this file was kept as {rotated}")
+        kept_as = "would be kept as" if result.dry_run else "was kept as"
+        result.notes.append(f"an older backup that differs from this file {kept_as} {rotated}")
         if write:
             os.replace(backup, rotated)
             with contextlib.suppress(OSError):
@@ -1249,6 +1308,7 @@ def unwrap_file(path: str | os.PathLike[str], *, dry_run: bool = False, home: Pa
         for server, _entry in _wrapped_servers(document, result, shared):
             result.changed.append(server.label)
         result.restored = True
+        result.before, result.after = source.raw, kept
         if not dry_run:
             _replace_config(source, kept)
             _remove(sidecar, backup)
@@ -1272,6 +1332,7 @@ def unwrap_file(path: str | os.PathLike[str], *, dry_run: bool = False, home: Pa
     if changes:
         output = source.encode(document.render())
         _check_output(document, output.decode("utf-8-sig"), changes, file)
+    result.before, result.after = source.raw, output
     if kept is not None and output == kept:
         result.restored = True
         if not dry_run:
@@ -1283,8 +1344,9 @@ def unwrap_file(path: str | os.PathLike[str], *, dry_run: bool = False, home: Pa
     result.backup = backup if kept is not None else None
     if changes:
         where = f"the original is still in {backup}" if kept is not None else "there is no backup to compare with"
+        done = "would be" if dry_run else "were"
         result.notes.append(
-            "the file is not exactly what wrap wrote (edited since, or wrapped elsewhere), so the servers were "
+            f"the file is not exactly what wrap wrote (edited since, or wrapped elsewhere), so the servers {done} "
             "unwrapped one by one from their embedded commands: equivalent to the original, but maybe not "
             f"byte-identical ({where})"
         )
