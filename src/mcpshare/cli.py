@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -635,9 +636,28 @@ def demo_servers() -> dict[str, list[str]]:
 @dataclasses.dataclass
 class _DemoRow:
     server: str
-    threads: int
     processes: int
     rss: int
+
+
+@dataclasses.dataclass
+class _DemoRun:
+    """One run of the demo, every figure counted by the OS (psutil) while all the threads are attached."""
+
+    rows: list[_DemoRow]
+    elapsed: float
+    calls: int
+    descendants: int
+    guardians: int
+    left: list[int]
+
+    @property
+    def processes(self) -> int:
+        return sum(row.processes for row in self.rows)
+
+    @property
+    def rss(self) -> int:
+        return sum(row.rss for row in self.rows)
 
 
 def _process_tree(pid: int | None) -> list[Any]:
@@ -652,16 +672,41 @@ def _process_tree(pid: int | None) -> list[Any]:
         return []
 
 
-async def _run_demo(threads: int, servers: dict[str, list[str]]) -> tuple[list[_DemoRow], dict[str, Any]]:
-    """Start ``threads`` threads, have each call an echo tool of every server, then count processes with psutil."""
+def _server_processes(marker: str) -> list[Any]:
+    """This process's descendants that are demo servers (their command line holds the run's marker) and their
+    children, counted by the OS."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if marker in " ".join(proc.cmdline()) or marker in proc.environ().get("MCPSHARE_DEMO", ""):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+async def _run_demo(threads: int, servers: dict[str, list[str]], *, share: str = "workspace") -> _DemoRun:
+    """Start ``threads`` threads, have each call an echo tool of every server, then count processes with psutil while
+    every thread is still attached. ``share="thread"`` gives each thread its own process of each server: the
+    unshared case, run for real (what a host without a pool does)."""
+    import uuid
+
     import anyio
     import psutil
 
     from mcpshare.config import McpConfig, StdioServerConfig
     from mcpshare.threads import ThreadManager
 
+    marker = uuid.uuid4().hex
     config = McpConfig(
-        {name: StdioServerConfig(name=name, command=argv[0], args=tuple(argv[1:])) for name, argv in servers.items()}
+        {
+            name: StdioServerConfig(
+                name=name, command=argv[0], args=tuple(argv[1:]), env={"MCPSHARE_DEMO": marker}, share=share
+            )
+            for name, argv in servers.items()
+        }
     )
     calls = 0
     started = time.monotonic()
@@ -680,60 +725,73 @@ async def _run_demo(threads: int, servers: dict[str, list[str]]) -> tuple[list[_
             for index in range(threads):
                 tg.start_soon(one_thread, index)
         elapsed = time.monotonic() - started
-        rows = []
-        pids = []
+        counted = _server_processes(marker)
+        by_server: dict[str, _DemoRow] = {name: _DemoRow(name, 0, 0) for name in servers}
         for info in manager.snapshot().backends:
             tree = _process_tree(info.pid)
-            pids.extend(proc.pid for proc in tree)
-            rss = sum(proc.memory_info().rss for proc in tree)
-            rows.append(_DemoRow(info.server, info.leases, len(tree), rss))
+            by_server[info.server].processes += len(tree)
+            by_server[info.server].rss += sum(proc.memory_info().rss for proc in tree)
         descendants = psutil.Process().children(recursive=True)
         guardians = [p for p in descendants if "_guardian" in " ".join(p.cmdline())]
-    left = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    facts = {
-        "elapsed": elapsed,
-        "calls": calls,
-        "descendants": len(descendants),
-        "guardians": len(guardians),
-        "left": left,
-    }
-    return rows, facts
+    left = [p.pid for p in counted if psutil.pid_exists(p.pid) and p.status() != psutil.STATUS_ZOMBIE]
+    rows = list(by_server.values())
+    if sum(row.processes for row in rows) != len(counted):
+        raise RuntimeError(f"the pool reports {sum(r.processes for r in rows)} server processes, the OS {len(counted)}")
+    return _DemoRun(rows, elapsed, calls, len(descendants), len(guardians), left)
 
 
 @app.command()
 def demo(
     threads: Annotated[int, typer.Option(min=1, max=200, help="Number of threads (conversations).")] = 20,
+    unshared: Annotated[
+        bool,
+        typer.Option(help="Also run the threads with a process each (the unshared case, for real) to compare."),
+    ] = True,
 ) -> None:
     """The main job, live: N threads on one ThreadManager, one process per server instead of one per thread."""
     import anyio
 
     servers = demo_servers()
     console.print(f"starting {threads} threads sharing: {', '.join(servers)} ...", highlight=False)
-    rows, facts = anyio.run(_run_demo, threads, servers, backend="asyncio")
-    table = Table(title=f"{threads} threads, {facts['calls']} tool calls in {facts['elapsed']:.1f} s")
-    columns = ("server", "threads", "procs pooled", "procs 1/thread", "RSS pooled", "RSS 1/thread (est.)")
+    pooled = anyio.run(_run_demo, threads, servers, backend="asyncio")
+    alone = None
+    if unshared:
+        console.print(f'now {threads} threads with a process each (share = "thread") ...', highlight=False)
+        alone = anyio.run(partial(_run_demo, threads, servers, share="thread"), backend="asyncio")
+    table = Table(title=f"{threads} threads, {pooled.calls} tool calls in {pooled.elapsed:.1f} s (shared)")
+    columns = ["server", "procs shared", "RSS shared"]
+    if alone is not None:
+        columns += ["procs unshared", "RSS unshared"]
     for column in columns:
         table.add_column(column, justify="left" if column == "server" else "right")
-    for row in rows:
-        table.add_row(
-            row.server,
-            str(row.threads),
-            str(row.processes),
-            str(row.processes * threads),
-            _megabytes(row.rss),
-            _megabytes(row.rss * threads),
-        )
-    pooled = sum(row.processes for row in rows)
-    rss = sum(row.rss for row in rows)
-    table.add_row("total", str(threads), str(pooled), str(pooled * threads), _megabytes(rss), _megabytes(rss * threads))
+    for index, row in enumerate([*pooled.rows, None]):
+        cells = [row.server, str(row.processes), _megabytes(row.rss)] if row else ["total", str(pooled.processes)]
+        if row is None:
+            cells.append(_megabytes(pooled.rss))
+        if alone is not None:
+            other = alone.rows[index] if row is not None else None
+            cells += (
+                [str(other.processes), _megabytes(other.rss)]
+                if other
+                else [str(alone.processes), _megabytes(alone.rss)]
+            )
+        table.add_row(*cells)
     console.print(table)
     console.print(
-        f"psutil: this process has {facts['descendants']} descendants = {pooled} server process(es) "
-        f"+ {facts['guardians']} guardian, instead of {pooled * threads} with one process per thread.",
+        f"psutil: this process has {pooled.descendants} descendants = {pooled.processes} server process(es) "
+        f"+ {pooled.guardians} guardian while {threads} threads share them",
         highlight=False,
     )
-    if facts["left"]:
-        raise _fail(f"server processes still running after shutdown: {facts['left']}")
+    if alone is not None:
+        console.print(
+            f"psutil: with a process each, {alone.processes} server processes for the same {threads} threads "
+            f"({alone.elapsed:.1f} s to start and call them all): {alone.processes / max(pooled.processes, 1):.0f}x "
+            f"the processes and {alone.rss / max(pooled.rss, 1):.1f}x the RSS, measured side by side in this run",
+            highlight=False,
+        )
+    left = pooled.left + (alone.left if alone is not None else [])
+    if left:
+        raise _fail(f"server processes still running after shutdown: {left}")
     console.print("shut down cleanly: every server process stopped.")
 
 
