@@ -379,22 +379,49 @@ def test_merge_later_wins_by_name_and_sources_concatenate() -> None:
 
 
 def test_default_config_paths_lists_existing_files_in_order(tmp_path: Path) -> None:
+    """User-wide files first, then the project's (which win by name, as in each host), then mcpshare's servers
+    file; only files that exist; ``$CODEX_HOME`` replaces ``~/.codex`` when set."""
     home, cwd = tmp_path / "home", tmp_path / "proj"
     wanted = [
         home / ".codex" / "config.toml",
-        cwd / ".mcp.json",
-        home / ".claude.json",
         home / ".config" / "Claude" / "claude_desktop_config.json",
+        home / ".codeium" / "windsurf" / "mcp_config.json",
+        home / ".gemini" / "settings.json",
+        home / ".cursor" / "mcp.json",
+        home / ".config" / "Code" / "User" / "mcp.json",
+        home / ".config" / "zed" / "settings.json",
+        home / ".claude.json",
+        cwd / ".codex" / "config.toml",
+        cwd / ".gemini" / "settings.json",
+        cwd / ".zed" / "settings.json",
+        cwd / ".vscode" / "mcp.json",
+        cwd / ".cursor" / "mcp.json",
+        cwd / ".mcp.json",
         home / ".config" / "mcpshare" / "servers.json",  # what `wrap --http` moved out of the others: read last
     ]
-    assert default_config_paths(home=home, cwd=cwd) == []
+    assert default_config_paths(home=home, cwd=cwd, environ={}) == []
 
     for path in reversed(wanted):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{}")
     (home / ".codex" / "config.toml").unlink()
 
-    assert default_config_paths(home=home, cwd=cwd) == wanted[1:]
+    assert default_config_paths(home=home, cwd=cwd, environ={}) == wanted[1:]
+
+    codex_home = tmp_path / "codex-home"
+    codex_home.mkdir()
+    (codex_home / "config.toml").write_text("")
+    found = default_config_paths(home=home, cwd=cwd, environ={"CODEX_HOME": str(codex_home)})
+    assert found == [codex_home / "config.toml", *wanted[1:]]
+
+
+def test_a_file_reached_twice_is_read_once(tmp_path: Path) -> None:
+    """Run from the home directory, the project's .gemini/settings.json is the user's: it counts once, first."""
+    home = tmp_path / "home"
+    (home / ".gemini").mkdir(parents=True)
+    (home / ".gemini" / "settings.json").write_text("{}")
+
+    assert default_config_paths(home=home, cwd=home, environ={}) == [home / ".gemini" / "settings.json"]
 
 
 # --------------------------------------------------------------------------- ${VAR} in mcpServers JSON

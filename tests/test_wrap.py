@@ -556,17 +556,43 @@ def test_unknown_format_and_missing_file_are_config_errors(tmp_path: Path) -> No
         wrap_file(tmp_path / "missing.toml", mcpshare_command=LAUNCHER)
 
 
-def test_invalid_entries_are_skipped_with_a_reason(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("entry", "field", "reason"),
+    [
+        ({"command": "x", "url": "http://h/mcp"}, "url", "give exactly one"),
+        ({"command": "x", "args": "-v"}, "args", "must be a list of strings"),
+        ({"comand": "x"}, "comand", "unknown field (did you mean 'command'?)"),
+        ("x", None, "must be a table of settings"),
+    ],
+)
+def test_an_invalid_entry_stops_the_wrap_with_the_loaders_error(
+    tmp_path: Path, entry: Any, field: str | None, reason: str
+) -> None:
+    """wrap validates the whole file first, as the loader does: nothing is written, no backup is made."""
+    path = tmp_path / ".mcp.json"
+    path.write_text(json.dumps({"mcpServers": {"bad": entry, "ok": {"command": "x"}}}), encoding="utf-8")
+    before = path.read_bytes()
+    with pytest.raises(ConfigError) as loaded:
+        load_config(path)
+
+    for dry_run in (True, False):
+        with pytest.raises(ConfigError) as caught:
+            wrap_file(path, mcpshare_command=LAUNCHER, dry_run=dry_run)
+        assert str(caught.value) == str(loaded.value)
+        assert (caught.value.file, caught.value.server, caught.value.field) == (str(path), "bad", field)
+        assert reason in caught.value.reason
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mcp.json"]
+
+
+def test_valid_entries_the_shim_cannot_carry_are_skipped_with_a_reason(tmp_path: Path) -> None:
     path = tmp_path / ".mcp.json"
     path.write_text(
         json.dumps(
             {
                 "mcpServers": {
-                    "both": {"command": "x", "url": "http://h/mcp"},
-                    "argstr": {"command": "x", "args": "-v"},
                     "--opt": {"command": "x"},
                     "comma": {"command": "x", "env": {"A,B": "1"}},
-                    "notatable": "x",
                     "ok": {"command": "x"},
                 }
             }
@@ -577,7 +603,7 @@ def test_invalid_entries_are_skipped_with_a_reason(tmp_path: Path) -> None:
     result = wrap_file(path, mcpshare_command=LAUNCHER)
 
     assert result.changed == ["ok"]
-    assert set(result.skipped) == {"both", "argstr", "--opt", "comma", "notatable"}
+    assert set(result.skipped) == {"--opt", "comma"}
     assert all(reason.startswith("invalid: ") for reason in result.skipped.values())
 
 

@@ -833,7 +833,8 @@ def describe_configs(configs: ConfigSource, cwd: str | os.PathLike[str]) -> str:
         return "configs: " + ", ".join(map(str, paths))
     if not paths:
         return (
-            "no config file found (looked for ~/.codex/config.toml, ./.mcp.json, ~/.claude.json, Claude Desktop); "
+            "no config file found (looked where Codex, Claude Code, Claude Desktop, VS Code, Cursor, Gemini CLI, "
+            "Windsurf and Zed keep theirs: `mcpshare discover`); "
             "clients must embed their server's command (`mcpshare connect NAME -- command ...`) or name a --config"
         )
     return "configs (the user's, re-read per client cwd): " + ", ".join(map(str, paths))

@@ -15,11 +15,13 @@ import os
 import shutil
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -68,21 +70,37 @@ _LIMITS = HttpLimits()
 def serve(
     config: Annotated[
         list[Path] | None,
-        typer.Option("--config", "-c", help="Config file(s) to serve (default: the user's Codex/Claude/.mcp.json)."),
+        typer.Option(
+            "--config",
+            "-c",
+            help="Config file(s) to serve (repeatable).",
+            show_default="the files `mcpshare discover` lists, re-read per client cwd",
+        ),
     ] = None,
     idle_grace: Annotated[
         float | None,
-        typer.Option(help="Seconds a server without clients lives on [default: $MCPSHARE_IDLE_GRACE or 60]."),
+        # Not "[default: ...]" in the help text: typer's rich help reads square brackets as markup and drops them.
+        typer.Option(
+            help="Seconds a server without clients keeps running.", show_default="$MCPSHARE_IDLE_GRACE, else 60"
+        ),
     ] = None,
     http: Annotated[
         int | None,
         typer.Option(
-            "--http", metavar="PORT", min=0, max=65535, help="Also serve Streamable HTTP on 127.0.0.1:PORT (0: any)."
+            "--http",
+            metavar="PORT",
+            min=0,
+            max=65535,
+            help="Also serve Streamable HTTP on 127.0.0.1:PORT (0: any).",
+            show_default="no HTTP front",
         ),
     ] = None,
-    log_file: Annotated[Path | None, typer.Option(help="Log file [default: broker.log in the runtime dir].")] = None,
+    log_file: Annotated[
+        Path | None, typer.Option(help="Log file.", show_default="broker.log in the runtime directory")
+    ] = None,
     exit_idle: Annotated[
-        float | None, typer.Option(help="Exit after this many seconds without any client or server.")
+        float | None,
+        typer.Option(help="Exit after this many seconds without any client or server.", show_default="never"),
     ] = None,
     autostarted: Annotated[bool, typer.Option(hidden=True)] = False,
     http_max_body: Annotated[
@@ -220,15 +238,49 @@ def _megabytes(value: int | None) -> str:
     return "-" if value is None else f"{value / 1e6:.1f} MB"
 
 
+def _latencies(row: dict[str, Any]) -> str:
+    """The median and 95th percentile call time of a server row, in ms (``-`` before its first call)."""
+    p50, p95 = row.get("latency_p50_ms"), row.get("latency_p95_ms")
+    return "-" if p50 is None or p95 is None else f"{p50:.1f}/{p95:.1f} ms"
+
+
 def _print_json(data: dict[str, Any]) -> None:
     """Plain JSON on stdout, for scripts: no colours, no wrapping."""
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
+def _print_table(table: Table, *, wide: bool) -> None:
+    """A table that never cuts a name or a key: cells wrap to the terminal, or with ``wide`` each row keeps to one
+    line however long it gets (for a pager or a wide window)."""
+    if not wide:
+        console.print(table)
+        return
+    for column in table.columns:
+        column.no_wrap = True
+    unbounded = console.options.update(width=1_000_000, max_width=1_000_000)
+    width = Measurement.get(console, unbounded, table).maximum
+    # A console of its own: print(width=...) never goes past the terminal's width.
+    Console(width=max(width, console.width), markup=False, highlight=False, file=console.file).print(table, crop=False)
+
+
+def _table(title: str, columns: tuple[str, ...], right: tuple[str, ...] = ()) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left", overflow="fold")
+    return table
+
+
 @app.command()
 def status(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the broker's answer as JSON.")] = False,
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="A live view, refreshed until Ctrl-C.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the broker's answer as JSON.", show_default="off")
+    ] = False,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="One line per server, however wide the table gets.", show_default="off")
+    ] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="A live view, refreshed until Ctrl-C.", show_default="off")
+    ] = False,
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes of --watch.")] = 1.0,
     count: Annotated[int, typer.Option(min=0, help="With --watch: stop after this many refreshes (0: never).")] = 0,
 ) -> None:
@@ -246,9 +298,11 @@ def status(
         _print_json({"running": True, **{key: value for key, value in answer.items() if key != "ok"}})
         return
     broker = answer["broker"]
-    table = Table(title=f"mcpshare broker pid {broker['pid']}, up {_duration(broker['uptime'])}", title_justify="left")
-    for column in ("server", "key", "pid", "era", "state", "clients", "restarts", "uptime", "RSS"):
-        table.add_column(column, justify="right" if column in ("pid", "clients", "restarts", "RSS") else "left")
+    table = _table(
+        f"mcpshare broker pid {broker['pid']}, up {_duration(broker['uptime'])}",
+        ("server", "key", "pid", "era", "state", "clients", "calls", "errors", "p50/p95", "restarts", "uptime", "RSS"),
+        right=("pid", "clients", "calls", "errors", "p50/p95", "restarts", "RSS"),
+    )
     for row in answer["servers"]:
         lane = row.get("lane") or 0
         table.add_row(
@@ -258,17 +312,20 @@ def status(
             row.get("protocol") or "-",
             row["state"],
             str(row["clients"]),
+            str(row.get("calls") or 0),
+            str(row.get("errors") or 0),
+            _latencies(row),
             str(row["restarts"]),
             _duration(row["uptime"]),
             _megabytes(row["rss"]),
         )
-    console.print(table)
+    _print_table(table, wide=wide)
     front = answer.get("http_front")
     clients = f"{answer['connections']} shim connection(s)"
     if front is not None:
         sessions = front["sessions"]
         if sessions:
-            console.print(_http_sessions_table(sessions))
+            _print_table(_http_sessions_table(sessions), wide=wide)
         live = sum(1 for session in sessions if session["state"] == "live")
         clients += (
             f"; {len(sessions)} HTTP session(s): {live} live, {len(sessions) - live} idle "
@@ -276,7 +333,7 @@ def status(
         )
     configs = ", ".join(broker["configs"]) or "none found"
     if broker["default_configs"]:
-        configs = f"the user's ({configs}; .mcp.json per client cwd)"
+        configs = f"the user's ({configs}; the project's files per client cwd)"
     console.print(
         f"{clients}; socket {broker['socket']}; log {broker['log']}; "
         f"configs: {configs}; idle grace {broker['idle_grace']:g} s"
@@ -429,49 +486,79 @@ def _wrap_module() -> Any:
         raise _fail(f"`mcpshare wrap` is not available in this installation ({exc})") from None
 
 
-def _show(result: Any, verb: str) -> None:
-    """Say what wrap/unwrap did: names and reasons only (WrapResult never holds file content)."""
+def _show(result: Any, verb: str, *, diff: bool = True) -> None:
+    """Say what wrap/unwrap did, or with a dry run would do (then also the unified diff of the change): names and
+    reasons, and in the diff only the lines that change."""
     path = getattr(result, "path", None)
+    dry = bool(getattr(result, "dry_run", False))
+    base = verb.removesuffix("ped")
     if getattr(result, "restored", False):
-        console.print(f"restored {path} byte for byte from its backup", highlight=False)
+        restore = "would restore" if dry else "restored"
+        console.print(f"{restore} {path} byte for byte from its backup", highlight=False)
     elif changed := list(getattr(result, "changed", [])):
-        console.print(f"{verb} {len(changed)} server(s) in {path}: {', '.join(changed)}", highlight=False)
+        done = f"would {base}" if dry else verb
+        console.print(f"{done} {len(changed)} server(s) in {path}: {', '.join(changed)}", highlight=False)
     else:
-        console.print(f"nothing to {verb.removesuffix('ped')} in {path}", highlight=False)
+        console.print(f"nothing to {base} in {path}", highlight=False)
     for name, reason in dict(getattr(result, "skipped", {})).items():
-        console.print(f"  left alone: {name} ({reason})", highlight=False)
+        console.print(f"  {'would leave' if dry else 'left'} alone: {name} ({reason})", highlight=False)
     if getattr(result, "backup", None) is not None:
-        console.print(f"  the original is kept in {result.backup}", highlight=False)
+        console.print(f"  the original {'would be' if dry else 'is'} kept in {result.backup}", highlight=False)
     for note in getattr(result, "notes", []):
         console.print(f"  note: {note}", highlight=False)
-    if getattr(result, "dry_run", False):
+    if dry:
+        lines = result.diff() if diff and hasattr(result, "diff") else []
+        for line in lines:
+            style = "green" if line.startswith("+") else "red" if line.startswith("-") else None
+            console.print(Text(line, style=style or ""), highlight=False, soft_wrap=True)
         console.print("  (dry run: nothing was written)", highlight=False)
 
 
 @app.command()
 def wrap(
-    config: Annotated[Path, typer.Argument(help="A Codex config.toml or an mcpServers JSON file.")],
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A client config: Codex config.toml, mcpServers JSON, VS Code, Cursor, Gemini CLI, Windsurf or Zed.",
+            show_default="none: give a file, or --all",
+        ),
+    ] = None,
+    all_configs: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Every config `mcpshare discover` lists (the user's and this project's).", show_default="off"
+        ),
+    ] = False,
     server: Annotated[
         list[str] | None,
-        typer.Option("--server", "-s", help="Only these servers (repeatable; NAME@DIR for a project)."),
+        typer.Option(
+            "--server", "-s", help="Only these servers (repeatable; NAME@DIR for a project).", show_default="all"
+        ),
     ] = None,
     http: Annotated[
         bool,
-        typer.Option("--http", help="Point the entries at the broker's HTTP front instead (no shim process)."),
+        typer.Option(
+            "--http", help="Point the entries at the broker's HTTP front instead (no shim process).", show_default="off"
+        ),
     ] = False,
     port: Annotated[
         int | None,
-        typer.Option(min=1, max=65535, help="With --http: the front's port (default 17432, the service's)."),
+        typer.Option(min=1, max=65535, help="With --http: the front's port.", show_default="17432, the service's"),
     ] = None,
-    dry_run: Annotated[bool, typer.Option(help="Say what would change; write nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Show the diff of what would change; write nothing.")] = False,
 ) -> None:
     """Rewrite a client config so its stdio servers run through `mcpshare connect`, or with --http reach the
     broker's HTTP front (the original is kept; `mcpshare unwrap` gives it back)."""
     if port is not None and not http:
         raise _fail("--port goes with --http", 2)
+    if (config is None) == (not all_configs):
+        raise _fail("give one config file, or --all", 2)
     module = _wrap_module()
     target = module.HttpTarget(port or module.DEFAULT_HTTP_PORT) if http else None
     extra = {"http": target} if target is not None else {}
+    if all_configs:
+        _wrap_all(module, server, dry_run, extra)
+        return
     try:
         result = module.wrap_file(config, servers=server or None, dry_run=dry_run, **extra)  # launcher: wrap's default
     except (OSError, ValueError) as exc:
@@ -479,6 +566,40 @@ def wrap(
     _show(result, "wrapped")
     if target is not None and result.changed:
         _explain_http(target)
+
+
+def _client_configs() -> list[Path]:
+    """The configs `discover` lists, without mcpshare's own servers file (definitions, not a client's config)."""
+    from mcpshare.config import default_config_paths, shared_servers_path
+
+    home = Path.home()
+    own = shared_servers_path(home)
+    return [path for path in default_config_paths(home=home, cwd=Path.cwd()) if path != own]
+
+
+def _wrap_all(module: Any, server: list[str] | None, dry_run: bool, extra: dict[str, Any]) -> None:
+    """wrap each discovered config in turn; one that fails does not stop the others (exit status 1 at the end)."""
+    paths = _client_configs()
+    if not paths:
+        console.print("no client config found (see `mcpshare discover`)", highlight=False)
+        return
+    summary = _table(
+        "would be wrapped" if dry_run else "wrapped", ("config", "wrapped", "left alone", "error"), right=("wrapped",)
+    )
+    failed = 0
+    for path in paths:
+        try:
+            result = module.wrap_file(path, servers=server or None, dry_run=dry_run, **extra)
+        except (OSError, ValueError) as exc:
+            failed += 1
+            errors.print(Text("mcpshare: ", style="bold red") + Text(str(exc)), highlight=False)
+            summary.add_row(str(path), "-", "-", str(getattr(exc, "reason", exc)))
+            continue
+        _show(result, "wrapped")
+        summary.add_row(str(path), str(len(result.changed)), str(len(result.skipped)), "")
+    _print_table(summary, wide=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _explain_http(target: Any) -> None:
@@ -502,7 +623,7 @@ def _explain_http(target: Any) -> None:
 @app.command()
 def unwrap(
     config: Annotated[Path, typer.Argument(help="A config file changed by `mcpshare wrap`.")],
-    dry_run: Annotated[bool, typer.Option(help="Say what would change; write nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Show the diff of what would change; write nothing.")] = False,
 ) -> None:
     """Undo `mcpshare wrap`: the servers run directly again."""
     module = _wrap_module()
@@ -513,6 +634,51 @@ def unwrap(
     _show(result, "unwrapped")
 
 
+@app.command()
+def discover(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the configs and their servers as JSON.", show_default="off")
+    ] = False,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="One line per server, however wide the table gets.", show_default="off")
+    ] = False,
+) -> None:
+    """List every MCP config of the user and of this project (the broker's default sources, in merge order), each
+    server in it, and whether it is wrapped."""
+    from mcpshare.config import default_config_paths
+
+    module = _wrap_module()
+    found = []
+    for path in default_config_paths(home=Path.home(), cwd=Path.cwd()):
+        try:
+            host, states = module.inspect_file(path)
+        except (OSError, ValueError) as exc:
+            found.append({"path": str(path), "host": None, "servers": [], "error": str(exc)})
+            continue
+        servers = [dataclasses.asdict(state) for state in states]
+        found.append({"path": str(path), "host": host, "servers": servers, "error": None})
+    if as_json:
+        _print_json({"configs": found})
+        return
+    if not found:
+        console.print("no MCP config found for this user or in this directory", highlight=False)
+        return
+    table = _table(f"{len(found)} MCP config(s), in the order the broker merges them", ("config", "server", "wrapped"))
+    for config in found:
+        where = f"{config['path']} ({config['host'] or 'unreadable'})"
+        if config["error"]:
+            table.add_row(where, "-", Text(config["error"], style="red"))
+        for index, server in enumerate(config["servers"]):
+            state = {"shim": "yes (shim)", "http": "yes (HTTP front)"}.get(server["wrapped"] or "", "no")
+            if server["note"]:
+                state += f": {server['note']}"
+            table.add_row(where if index == 0 else "", server["label"], state)
+        if not config["servers"] and not config["error"]:
+            table.add_row(where, "(no servers)", "")
+        table.add_section()
+    _print_table(table, wide=wide)
+
+
 # ---------------------------------------------------------------------------------------------- service
 # The files and the managers are mcpshare.service's; this front says what was done and what to do next.
 
@@ -520,7 +686,9 @@ service_app = typer.Typer(
     help="Run the broker with its HTTP front at login (systemd user unit, launchd agent).", no_args_is_help=True
 )
 app.add_typer(service_app, name="service")
-_PORT_OPTION = typer.Option(min=1, max=65535, help="The HTTP front's port (the URLs `wrap --http` writes name it).")
+_PORT_OPTION = typer.Option(
+    min=1, max=65535, help="The HTTP front's port (the URLs `wrap --http` writes name it).", show_default="17432"
+)
 
 
 @service_app.command("install")
@@ -640,9 +808,28 @@ def demo_servers() -> dict[str, list[str]]:
 @dataclasses.dataclass
 class _DemoRow:
     server: str
-    threads: int
     processes: int
     rss: int
+
+
+@dataclasses.dataclass
+class _DemoRun:
+    """One run of the demo, every figure counted by the OS (psutil) while all the threads are attached."""
+
+    rows: list[_DemoRow]
+    elapsed: float
+    calls: int
+    descendants: int
+    guardians: int
+    left: list[int]
+
+    @property
+    def processes(self) -> int:
+        return sum(row.processes for row in self.rows)
+
+    @property
+    def rss(self) -> int:
+        return sum(row.rss for row in self.rows)
 
 
 def _process_tree(pid: int | None) -> list[Any]:
@@ -657,16 +844,41 @@ def _process_tree(pid: int | None) -> list[Any]:
         return []
 
 
-async def _run_demo(threads: int, servers: dict[str, list[str]]) -> tuple[list[_DemoRow], dict[str, Any]]:
-    """Start ``threads`` threads, have each call an echo tool of every server, then count processes with psutil."""
+def _server_processes(marker: str) -> list[Any]:
+    """This process's descendants that are demo servers (their command line holds the run's marker) and their
+    children, counted by the OS."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if marker in " ".join(proc.cmdline()) or marker in proc.environ().get("MCPSHARE_DEMO", ""):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+async def _run_demo(threads: int, servers: dict[str, list[str]], *, share: str = "workspace") -> _DemoRun:
+    """Start ``threads`` threads, have each call an echo tool of every server, then count processes with psutil while
+    every thread is still attached. ``share="thread"`` gives each thread its own process of each server: the
+    unshared case, run for real (what a host without a pool does)."""
+    import uuid
+
     import anyio
     import psutil
 
     from mcpshare.config import McpConfig, StdioServerConfig
     from mcpshare.threads import ThreadManager
 
+    marker = uuid.uuid4().hex
     config = McpConfig(
-        {name: StdioServerConfig(name=name, command=argv[0], args=tuple(argv[1:])) for name, argv in servers.items()}
+        {
+            name: StdioServerConfig(
+                name=name, command=argv[0], args=tuple(argv[1:]), env={"MCPSHARE_DEMO": marker}, share=share
+            )
+            for name, argv in servers.items()
+        }
     )
     calls = 0
     started = time.monotonic()
@@ -685,60 +897,73 @@ async def _run_demo(threads: int, servers: dict[str, list[str]]) -> tuple[list[_
             for index in range(threads):
                 tg.start_soon(one_thread, index)
         elapsed = time.monotonic() - started
-        rows = []
-        pids = []
+        counted = _server_processes(marker)
+        by_server: dict[str, _DemoRow] = {name: _DemoRow(name, 0, 0) for name in servers}
         for info in manager.snapshot().backends:
             tree = _process_tree(info.pid)
-            pids.extend(proc.pid for proc in tree)
-            rss = sum(proc.memory_info().rss for proc in tree)
-            rows.append(_DemoRow(info.server, info.leases, len(tree), rss))
+            by_server[info.server].processes += len(tree)
+            by_server[info.server].rss += sum(proc.memory_info().rss for proc in tree)
         descendants = psutil.Process().children(recursive=True)
         guardians = [p for p in descendants if "_guardian" in " ".join(p.cmdline())]
-    left = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    facts = {
-        "elapsed": elapsed,
-        "calls": calls,
-        "descendants": len(descendants),
-        "guardians": len(guardians),
-        "left": left,
-    }
-    return rows, facts
+    left = [p.pid for p in counted if psutil.pid_exists(p.pid) and p.status() != psutil.STATUS_ZOMBIE]
+    rows = list(by_server.values())
+    if sum(row.processes for row in rows) != len(counted):
+        raise RuntimeError(f"the pool reports {sum(r.processes for r in rows)} server processes, the OS {len(counted)}")
+    return _DemoRun(rows, elapsed, calls, len(descendants), len(guardians), left)
 
 
 @app.command()
 def demo(
     threads: Annotated[int, typer.Option(min=1, max=200, help="Number of threads (conversations).")] = 20,
+    unshared: Annotated[
+        bool,
+        typer.Option(help="Also run the threads with a process each (the unshared case, for real) to compare."),
+    ] = True,
 ) -> None:
     """The main job, live: N threads on one ThreadManager, one process per server instead of one per thread."""
     import anyio
 
     servers = demo_servers()
     console.print(f"starting {threads} threads sharing: {', '.join(servers)} ...", highlight=False)
-    rows, facts = anyio.run(_run_demo, threads, servers, backend="asyncio")
-    table = Table(title=f"{threads} threads, {facts['calls']} tool calls in {facts['elapsed']:.1f} s")
-    columns = ("server", "threads", "procs pooled", "procs 1/thread", "RSS pooled", "RSS 1/thread (est.)")
+    pooled = anyio.run(_run_demo, threads, servers, backend="asyncio")
+    alone = None
+    if unshared:
+        console.print(f'now {threads} threads with a process each (share = "thread") ...', highlight=False)
+        alone = anyio.run(partial(_run_demo, threads, servers, share="thread"), backend="asyncio")
+    table = Table(title=f"{threads} threads, {pooled.calls} tool calls in {pooled.elapsed:.1f} s (shared)")
+    columns = ["server", "procs shared", "RSS shared"]
+    if alone is not None:
+        columns += ["procs unshared", "RSS unshared"]
     for column in columns:
         table.add_column(column, justify="left" if column == "server" else "right")
-    for row in rows:
-        table.add_row(
-            row.server,
-            str(row.threads),
-            str(row.processes),
-            str(row.processes * threads),
-            _megabytes(row.rss),
-            _megabytes(row.rss * threads),
-        )
-    pooled = sum(row.processes for row in rows)
-    rss = sum(row.rss for row in rows)
-    table.add_row("total", str(threads), str(pooled), str(pooled * threads), _megabytes(rss), _megabytes(rss * threads))
+    for index, row in enumerate([*pooled.rows, None]):
+        cells = [row.server, str(row.processes), _megabytes(row.rss)] if row else ["total", str(pooled.processes)]
+        if row is None:
+            cells.append(_megabytes(pooled.rss))
+        if alone is not None:
+            other = alone.rows[index] if row is not None else None
+            cells += (
+                [str(other.processes), _megabytes(other.rss)]
+                if other
+                else [str(alone.processes), _megabytes(alone.rss)]
+            )
+        table.add_row(*cells)
     console.print(table)
     console.print(
-        f"psutil: this process has {facts['descendants']} descendants = {pooled} server process(es) "
-        f"+ {facts['guardians']} guardian, instead of {pooled * threads} with one process per thread.",
+        f"psutil: this process has {pooled.descendants} descendants = {pooled.processes} server process(es) "
+        f"+ {pooled.guardians} guardian while {threads} threads share them",
         highlight=False,
     )
-    if facts["left"]:
-        raise _fail(f"server processes still running after shutdown: {facts['left']}")
+    if alone is not None:
+        console.print(
+            f"psutil: with a process each, {alone.processes} server processes for the same {threads} threads "
+            f"({alone.elapsed:.1f} s to start and call them all): {alone.processes / max(pooled.processes, 1):.0f}x "
+            f"the processes and {alone.rss / max(pooled.rss, 1):.1f}x the RSS, measured side by side in this run",
+            highlight=False,
+        )
+    left = pooled.left + (alone.left if alone is not None else [])
+    if left:
+        raise _fail(f"server processes still running after shutdown: {left}")
     console.print("shut down cleanly: every server process stopped.")
 
 

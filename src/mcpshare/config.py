@@ -5,13 +5,16 @@ above it (pool keys, the pool, threads) trusts that a config which exists is val
 once, and a bad file raises :class:`ConfigError` as a whole: no loader ever returns part of a config, because a
 half-loaded config silently drops servers.
 
-Two file dialects are read:
+The files of every host are read (:func:`load_config` tells them apart by name, then by content):
 
 * Codex ``config.toml``: tables ``[mcp_servers.NAME]``; the rest of the file is ignored.
 * ``mcpServers`` JSON: ``.mcp.json``, ``claude_desktop_config.json`` and Claude Code's ``~/.claude.json`` (whose
   ``projects`` map holds per-project servers).
+* VS Code, Cursor, Gemini CLI, Windsurf and Zed files: :mod:`mcpshare.formats` knows their tables, fields and
+  variables, and turns each entry into the spellings below.
 
-Both dialects go through one parser (:func:`parse_server`) that accepts the union of their spellings. Unknown fields
+All of them go through one parser (:func:`parse_server`) that accepts the union of the Codex and ``mcpServers``
+spellings. Unknown fields
 are errors, so a typo such as ``comand`` or ``enviroment`` cannot be silently ignored; a short allow-list of fields
 that real configs carry for other hosts (``description``, ``autoApprove``, Codex's ``required``...) is ignored.
 
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
-from mcpshare import connect_line
+from mcpshare import connect_line, formats
 
 __all__ = [
     "ConfigError",
@@ -46,6 +49,7 @@ __all__ = [
     "ServerConfig",
     "ShareScope",
     "StdioServerConfig",
+    "check_config",
     "default_config_paths",
     "load_codex_toml",
     "load_config",
@@ -719,13 +723,29 @@ def load_mcp_json(
     (default: this process's environment).
     """
     file = os.fspath(path)
-    environ = os.environ if environ is None else environ
-    data = _parse_json(_read_text(path, encoding="utf-8-sig"), file)
+    data = _json_object(_parse_json(_read_text(path, encoding="utf-8-sig"), file), file)
+    return _load_mcp_json_data(data, file, project=project, environ=environ)
+
+
+def _json_object(data: Any, file: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"the top level must be a JSON object, got {_describe(data)}", file=file)
+    return data
+
+
+def _load_mcp_json_data(
+    data: Mapping[str, Any],
+    file: str,
+    *,
+    project: str | os.PathLike[str] | None,
+    environ: Mapping[str, str] | None,
+    every_project: bool = False,
+) -> McpConfig:
+    environ = os.environ if environ is None else environ
     layers = [_servers_table(data, file, "mcpServers")]
-    entry = _project_entry(data, project, file) if project is not None else None
-    if entry is not None:
+    if every_project:
+        layers += [_servers_table(entry, file, f"projects.{key}.mcpServers") for key, entry in _projects(data, file)]
+    elif project is not None and (entry := _project_entry(data, project, file)) is not None:
         layers.append(_servers_table(entry[1], file, f"projects.{entry[0]}.mcpServers"))
     configs = []
     for table in layers:
@@ -735,11 +755,21 @@ def load_mcp_json(
     return merge(*configs)
 
 
-def _parse_json(text: str, file: str) -> Any:
+def _parse_json(text: str, file: str, dialect: formats.Dialect | None = None) -> Any:
+    """JSON, or for the hosts that allow them, JSON with comments (and trailing commas): those are blanked out first,
+    so line and column numbers in errors are those of the file."""
+    if dialect is not None and dialect.comments:
+        try:
+            text = formats.blank_comments(text, trailing_commas=dialect.trailing_commas)
+        except ValueError as exc:
+            raise ConfigError(f"invalid JSON: {exc}", file=file) from None
     try:
         return json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=file) from None
+        hint = " (comments are not allowed in this file)" if "//" in text or "/*" in text else ""
+        raise ConfigError(
+            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}{hint}", file=file
+        ) from None
     except DuplicateKeyError as exc:
         raise ConfigError(f"duplicate key {exc.args[0]!r} in one JSON object", file=file) from None
 
@@ -763,6 +793,20 @@ def _servers_table(holder: Mapping[str, Any], file: str, where: str) -> Mapping[
     if not isinstance(servers, dict):
         raise ConfigError(f"'{where}' must be an object, got {_describe(servers)}", file=file)
     return servers
+
+
+def _projects(data: Mapping[str, Any], file: str) -> list[tuple[str, Mapping[str, Any]]]:
+    """Every ``projects`` entry of ``~/.claude.json`` that has servers (the others hold only Claude Code's state)."""
+    projects = data.get("projects", {})
+    if not isinstance(projects, dict):
+        raise ConfigError(f"'projects' must be an object, got {_describe(projects)}", file=file)
+    found = []
+    for key, entry in projects.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"'projects.{key}' must be an object, got {_describe(entry)}", file=file)
+        if "mcpServers" in entry:
+            found.append((key, entry))
+    return found
 
 
 def _project_entry(
@@ -851,17 +895,108 @@ def _expand_item(item: object, where: str, environ: Mapping[str, str]) -> object
         raise ConfigError(f"{where}: {exc.reason}") from None
 
 
-def load_config(path: str | os.PathLike[str], *, project: str | os.PathLike[str] | None = None) -> McpConfig:
-    """Any supported file, by suffix: ``.toml`` is Codex, ``.json`` is ``mcpServers`` (``project`` is JSON-only)."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".toml":
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    project: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    home: Path | None = None,
+) -> McpConfig:
+    """Any host's file, its dialect told by its name and folder, else by its content (see :mod:`mcpshare.formats`).
+
+    ``project`` is the directory the servers are for: the ``projects`` entry of ``~/.claude.json`` to add, and the
+    workspace folder of an editor's user-wide file (a project's own file is for its own folder). ``environ``
+    (default: this process's) answers ``${VAR}`` references, ``home`` (default: the user's) ``${userHome}``.
+    """
+    return _load(path, project=project, environ=environ, home=home, every_project=False)
+
+
+def check_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> McpConfig:
+    """Load every part of a file, as :func:`load_config` would (the same errors), to validate it before an edit:
+    all of ``~/.claude.json``'s projects, not only one. Servers that are :attr:`McpConfig.unusable` as written (a
+    variable with no value, a refused ``${input:...}``) do not fail the check: the file is valid for its host."""
+    return _load(path, project=None, environ=environ, home=None, every_project=True)
+
+
+def _load(
+    path: str | os.PathLike[str],
+    *,
+    project: str | os.PathLike[str] | None,
+    environ: Mapping[str, str] | None,
+    home: Path | None,
+    every_project: bool,
+) -> McpConfig:
+    file = os.fspath(path)
+    dialect = formats.dialect_by_name(path)
+    if dialect is formats.CODEX:
         return load_codex_toml(path)
-    if suffix == ".json":
-        return load_mcp_json(path, project=project)
-    raise ConfigError(
-        f"unknown config format {suffix or '(no suffix)'!r}; expected .toml (Codex) or .json (mcpServers)",
-        file=os.fspath(path),
+    if dialect is None and Path(path).suffix.lower() != ".json":
+        suffix = Path(path).suffix.lower()
+        raise ConfigError(
+            f"unknown config format {suffix or '(no suffix)'!r}; expected .toml (Codex) or .json (mcpServers, VS Code, "
+            "Cursor, Gemini CLI, Windsurf, Zed)",
+            file=file,
+        )
+    text = _read_text(path, encoding="utf-8-sig")
+    # A file whose name says nothing may hold comments if its content says it is an editor's.
+    data = _json_object(_parse_json(text, file, dialect or formats.ZED), file)
+    if dialect is None:
+        dialect = formats.dialect_by_content(data)
+        if not dialect.comments:
+            _parse_json(text, file)  # strict JSON after all: the same error a host would give
+    if dialect is formats.MCP_JSON:
+        return _load_mcp_json_data(data, file, project=project, environ=environ, every_project=every_project)
+    home = Path.home() if home is None else home
+    root = formats.project_root(file, home)
+    workspace = root if root is not None else (Path(os.path.abspath(project)) if project is not None else None)
+    context = formats.Context(os.environ if environ is None else environ, home, workspace)
+    return merge(
+        *(
+            _load_table(dialect, where, table, data, file, context)
+            for where, table in formats.server_tables(dialect, data)
+        )
     )
+
+
+def _load_table(
+    dialect: formats.Dialect,
+    where: str,
+    table: object,
+    data: Mapping[str, Any],
+    file: str,
+    context: formats.Context,
+) -> McpConfig:
+    """One server table of an editor's file: each entry translated, its variables answered, then parsed as usual."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"'{where}' must be an object, got {_describe(table)}", file=file)
+    entries: dict[str, Any] = {}
+    unusable: dict[str, ConfigError] = {}
+    spellings: dict[str, dict[str, str]] = {}
+    for name, raw in table.items():
+        if not isinstance(raw, Mapping):
+            entries[name] = raw  # parse_servers says what is wrong with it
+            continue
+        try:
+            translated = formats.translate(dialect, name, raw, data=data)
+        except formats.EntryError as exc:
+            raise ConfigError(exc.reason, file=file, server=name, field=exc.field) from None
+        if isinstance(translated, formats.Refusal):
+            unusable[name] = ConfigError(translated.reason, file=file, server=name, field=translated.field)
+            continue
+        entry, spellings[name] = translated
+        try:
+            entries[name] = formats.expand(dialect, entry, context)
+        except formats.Unanswerable as exc:
+            field_name = spellings[name].get(exc.field, exc.field) if exc.field else None
+            unusable[name] = ConfigError(exc.reason, file=file, server=name, field=field_name)
+    try:
+        parsed = parse_servers(entries, source=file)
+    except ConfigError as exc:
+        spelled = spellings.get(exc.server or "", {})
+        if exc.field in spelled:
+            raise ConfigError(exc.reason, file=exc.file, server=exc.server, field=spelled[exc.field]) from None
+        raise
+    return dataclasses.replace(parsed, unusable={**parsed.unusable, **unusable})
 
 
 def merge(*configs: McpConfig) -> McpConfig:
@@ -888,15 +1023,15 @@ def shared_servers_path(home: Path) -> Path:
     return home / ".config" / "mcpshare" / "servers.json"
 
 
-def default_config_paths(*, home: Path, cwd: Path) -> list[Path]:
-    """The config files that exist among the usual places, in a fixed order: Codex, the project's ``.mcp.json``,
-    Claude Code, Claude Desktop (the Linux location), then mcpshare's own servers file, last so that its definitions
-    win over the HTTP entries that point at them. Paths are taken as given (``$CODEX_HOME`` is not consulted)."""
-    candidates = [
-        home / ".codex" / "config.toml",
-        cwd / ".mcp.json",
-        home / ".claude.json",
-        home / ".config" / "Claude" / "claude_desktop_config.json",
-        shared_servers_path(home),
-    ]
-    return [path for path in candidates if path.is_file()]
+def default_config_paths(*, home: Path, cwd: Path, environ: Mapping[str, str] | None = None) -> list[Path]:
+    """The config files that exist among the places hosts keep them, in merge order (later wins by name): the
+    user's files, then the project's (``cwd``), then mcpshare's own servers file; why this order, and which places,
+    in :func:`mcpshare.formats.default_sources`. ``$CODEX_HOME`` is read from ``environ`` (default: this process's
+    environment). A file reached twice (``cwd`` is the home directory, a symlink) counts once, at its first place."""
+    seen: set[str] = set()
+    found = []
+    for path in formats.default_sources(home=home, cwd=cwd, environ=os.environ if environ is None else environ):
+        if path.is_file() and (real := os.path.realpath(path)) not in seen:
+            seen.add(real)
+            found.append(path)
+    return found

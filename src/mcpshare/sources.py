@@ -60,11 +60,11 @@ class ConfigSource:
         try:
             info = os.stat(path)
         except OSError:
-            return load_config(path, project=project)  # raises the ConfigError that names the problem
+            return load_config(path, project=project, home=self.home)  # raises the ConfigError naming the problem
         key = (os.fspath(path), os.fspath(project), info.st_mtime_ns, info.st_size)
         config = self._cache.get(key)
         if config is None:
-            config = load_config(path, project=project)
+            config = load_config(path, project=project, home=self.home)
             if len(self._cache) >= self._CACHE_SIZE:
                 self._cache.clear()
             self._cache[key] = config

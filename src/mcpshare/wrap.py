@@ -1,6 +1,7 @@
 """``mcpshare wrap`` / ``mcpshare unwrap``: point a host's stdio servers at the shim, and take it back.
 
-A host (Codex, Claude Code, Claude Desktop) launches what its config file says. To share servers without changing
+A host (Codex, Claude Code, Claude Desktop, VS Code, Cursor, Gemini CLI, Windsurf, Zed) launches what its config file
+says (:mod:`mcpshare.formats` knows whose file is whose). To share servers without changing
 the host, we rewrite each stdio entry so that the host launches ``mcpshare connect`` instead, with the real command
 line embedded after ``--``::
 
@@ -17,8 +18,10 @@ timeouts, tool filters, comments) stays where it is: the host still applies them
 Why edit in place instead of load-and-dump. These are hand-kept files (``~/.codex/config.toml``) or files other
 programs own (``~/.claude.json``). TOML is edited through tomlkit, which keeps comments and layout; JSON is edited as
 text, by the spans of the few values that change, so the diff of a wrap is the changed ``command``/``args`` values
-and nothing else. Before anything is written, the result is parsed again and compared with the intended change:
-a formatting bug can fail a wrap, never corrupt a config.
+and nothing else (the editors' JSON with comments too: the comments are blanked for reading only). Before anything,
+the file is checked as the loader reads it (:func:`mcpshare.config.check_config`): a file with a typo'd field gets
+the loader's error, and nothing is written. Before anything is written, the result is parsed again and compared
+with the intended change: a formatting bug can fail a wrap, never corrupt a config.
 
 Why a backup plus a hash. ``unwrap`` must give back the user's file byte for byte. The first wrap copies the file to
 ``<file>.mcpshare-backup`` and records, in ``<file>.mcpshare-backup.json``, the hash of the original and of the
@@ -48,6 +51,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import copy
+import difflib
 import hashlib
 import json
 import os
@@ -66,7 +70,8 @@ import tomlkit
 import tomlkit.exceptions
 from tomlkit.items import Array, InlineTable, String, StringType
 
-from mcpshare.config import ConfigError, DuplicateKeyError, shared_servers_path, unique_keys
+from mcpshare import formats
+from mcpshare.config import ConfigError, DuplicateKeyError, check_config, shared_servers_path, unique_keys
 from mcpshare.connect_line import PROTOCOLS as _PROTOCOLS
 from mcpshare.connect_line import SHARE_SCOPES as _SHARE_SCOPES
 from mcpshare.connect_line import connect_index as _connect_index
@@ -80,8 +85,10 @@ __all__ = [
     "HTTP_TOKEN_VAR",
     "SIDECAR_SUFFIX",
     "HttpTarget",
+    "ServerState",
     "WrapResult",
     "default_mcpshare_command",
+    "inspect_file",
     "is_wrapped",
     "unwrap_entry",
     "unwrap_file",
@@ -116,6 +123,60 @@ class WrapResult:
     notes: list[str] = field(default_factory=list)
     """Things the user should know, in sentences (an edited file unwrapped entry by entry, a backup kept...)."""
     dry_run: bool = False
+    before: bytes | None = field(default=None, repr=False)
+    """The file as read, and (``after``) as written or, with ``dry_run``, as it would be: only for :meth:`diff`,
+    which the CLI prints on ``--dry-run`` to the user who owns the file; kept out of the repr."""
+    after: bytes | None = field(default=None, repr=False)
+
+    def diff(self, context: int = 3) -> list[str]:
+        """A unified diff (lines without their ends) from the file as it was to what it is, or would be, after."""
+        if self.before is None or self.after is None or self.before == self.after:
+            return []
+        before = self.before.decode("utf-8", "replace").splitlines()
+        after = self.after.decode("utf-8", "replace").splitlines()
+        name = os.fspath(self.path)
+        return list(difflib.unified_diff(before, after, name, name + " (after)", n=context, lineterm=""))
+
+
+@dataclass
+class ServerState:
+    """One entry of a config file as ``mcpshare discover`` shows it (names and states only, no values)."""
+
+    label: str
+    transport: str
+    """"stdio", "http", or "?" for an entry that is not a table."""
+    wrapped: str | None
+    """"shim" (launches ``mcpshare connect``), "http" (points at the broker's HTTP front), None when not wrapped."""
+    note: str = ""
+    """Why it is not wrapped, if not just because nobody did: disabled, cannot run here, remote."""
+
+
+def inspect_file(path: str | os.PathLike[str]) -> tuple[str, list[ServerState]]:
+    """The host a file belongs to and the state of each of its servers; :class:`ConfigError` if it does not parse."""
+    source = _read(Path(path))
+    document = _load(source.path, source.text)
+    http_dialect = document.dialect in (formats.CODEX, formats.MCP_JSON)
+    states = []
+    for server in document.servers():
+        entry = server.entry
+        if not isinstance(entry, Mapping):
+            states.append(ServerState(server.label, "?", None, "invalid: not a table"))
+            continue
+        remote = "command" not in entry
+        transport = "http" if remote else "stdio"
+        if http_dialect and front_route(entry) is not None:
+            states.append(ServerState(server.label, "http", "http"))
+        elif server.refusal is not None:
+            states.append(ServerState(server.label, transport, None, server.refusal))
+        elif not remote and is_wrapped(entry):
+            states.append(ServerState(server.label, "stdio", "shim"))
+        elif remote:
+            states.append(ServerState(server.label, "http", None, "a remote server: nothing to share"))
+        elif entry.get("enabled") is False or entry.get("disabled") is True:
+            states.append(ServerState(server.label, "stdio", None, "disabled"))
+        else:
+            states.append(ServerState(server.label, "stdio", None))
+    return document.dialect.host, states
 
 
 # ---------------------------------------------------------------------------------------------- entries
@@ -376,12 +437,36 @@ def _claude_desktop(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class _Server:
-    """One server entry of a document: ``scope`` is the path of keys to it in the parsed data."""
+    """One server entry of a document: ``scope`` is the path of keys to it in the parsed data.
+
+    ``raw`` is the entry as the file has it; ``entry`` is the same in mcpshare's spelling (Gemini's ``httpUrl`` as
+    ``url``, Zed's nested ``command.path`` as ``command``...), which is what wrap's decisions read; ``refusal`` says
+    why mcpshare cannot run it at all (an extension's server, a sandboxed one), and then wrap leaves it alone.
+    ``command_key``/``args_key`` are where, inside ``raw``, the program and its arguments are written.
+    """
 
     label: str
     name: str
     scope: tuple[str, ...]
     entry: Any
+    raw: Any = None
+    refusal: str | None = None
+    command_key: tuple[str, ...] = ("command",)
+    args_key: tuple[str, ...] = ("args",)
+
+
+def _server(dialect: formats.Dialect, label: str, name: str, scope: tuple[str, ...], raw: Any, data: Any) -> _Server:
+    """A document's entry with its mcpshare spelling (see :class:`_Server`)."""
+    if not isinstance(raw, Mapping):
+        return _Server(label, name, scope, raw, raw)
+    command_key, args_key = formats.launch_keys(dialect, raw)
+    try:
+        translated = formats.translate(dialect, name, raw, data=data)
+    except formats.EntryError as exc:  # not reached after check_config; unwrap reads files as they are
+        return _Server(label, name, scope, raw, raw, f"invalid: {exc.reason}", command_key, args_key)
+    if isinstance(translated, formats.Refusal):
+        return _Server(label, name, scope, raw, raw, f"cannot run here: {translated.reason}", command_key, args_key)
+    return _Server(label, name, scope, translated[0], raw, None, command_key, args_key)
 
 
 class _Document(Protocol):
@@ -389,6 +474,7 @@ class _Document(Protocol):
 
     plain: Any
     """The file's data as the standard-library parser sees it (the independent check of every edit)."""
+    dialect: formats.Dialect
 
     def servers(self) -> list[_Server]: ...
 
@@ -403,21 +489,29 @@ class _Document(Protocol):
 
     def render(self) -> str: ...
 
-    @staticmethod
-    def reparse(text: str) -> Any: ...
+    def reparse(self, text: str) -> Any: ...
 
 
 def _load(path: Path, text: str) -> _Document:
-    """The document for a file, by suffix as in :func:`mcpshare.config.load_config`."""
+    """The document for a file, its dialect told as :func:`mcpshare.config.load_config` tells it."""
     file = os.fspath(path)
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
+    dialect = formats.dialect_by_name(path)
+    if dialect is formats.CODEX:
         return _TomlDocument(text, file)
-    if suffix == ".json":
-        return _JsonDocument(text, file)
-    raise ConfigError(
-        f"unknown config format {suffix or '(no suffix)'!r}; expected .toml (Codex) or .json (mcpServers)", file=file
-    )
+    if dialect is None and path.suffix.lower() != ".json":
+        suffix = path.suffix.lower()
+        raise ConfigError(
+            f"unknown config format {suffix or '(no suffix)'!r}; expected .toml (Codex) or .json (mcpServers, "
+            "VS Code, Cursor, Gemini CLI, Windsurf, Zed)",
+            file=file,
+        )
+    if dialect is None:
+        try:
+            data = json.loads(formats.blank_comments(text, trailing_commas=True))
+        except ValueError:
+            data = None  # the document's own parse reports it
+        dialect = formats.dialect_by_content(data) if isinstance(data, dict) else formats.MCP_JSON
+    return _JsonDocument(text, file, dialect)
 
 
 # ---------------------------------------------------------------------------------------------- TOML (Codex)
@@ -427,6 +521,7 @@ class _TomlDocument:
     """A Codex ``config.toml``: ``[mcp_servers.NAME]`` tables (or inline tables, or dotted keys), via tomlkit."""
 
     kind = "toml"
+    dialect = formats.CODEX
 
     def __init__(self, text: str, file: str) -> None:
         try:
@@ -446,7 +541,7 @@ class _TomlDocument:
 
     def servers(self) -> list[_Server]:
         return [
-            _Server(label=name, name=name, scope=("mcp_servers", name), entry=entry)
+            _Server(label=name, name=name, scope=("mcp_servers", name), entry=entry, raw=entry)
             for name, entry in self.plain.get("mcp_servers", {}).items()
         ]
 
@@ -520,8 +615,7 @@ class _TomlDocument:
         text = tomlkit.dumps(self._doc)
         return re.sub(r"(?<!\r)\n", "\r\n", text) if self._crlf else text
 
-    @staticmethod
-    def reparse(text: str) -> Any:
+    def reparse(self, text: str) -> Any:
         return tomllib.loads(text)
 
 
@@ -595,18 +689,25 @@ class _JsonMember:
     value: _JsonValue
 
 
-def _json_descend(path: tuple[str | int, ...]) -> bool:
-    """Whether the scanner needs the inside of the value at ``path``: the way to ``mcpServers.*.args`` and
-    ``projects.*.mcpServers.*.args``."""
-    if path[:1] == ("projects",):
+def _json_descender(dialect: formats.Dialect) -> Callable[[tuple[str | int, ...]], bool]:
+    """Whether the scanner needs the inside of the value at a path: the way to ``<servers>.*.args`` (and, for
+    ``mcpServers`` files, ``projects.*.mcpServers.*.args``; for Zed, ``context_servers.*.command.args``)."""
+    tables = {key for key, _ in formats.server_tables(dialect, {dialect.servers_key: None, "mcpServers": None})}
+
+    def descend(path: tuple[str | int, ...]) -> bool:
+        if dialect is formats.MCP_JSON and path[:1] == ("projects",):
+            if len(path) <= 2:
+                return True
+            path = path[2:]
+        if not path:
+            return True
+        if path[0] not in tables:
+            return False
         if len(path) <= 2:
             return True
-        path = path[2:]
-    if not path:
-        return True
-    if path[0] != "mcpServers":
-        return False
-    return len(path) <= 2 or (len(path) == 3 and path[2] == "args")
+        return path[2:] == ("args",) or (dialect is formats.ZED and path[2:] in (("command",), ("command", "args")))
+
+    return descend
 
 
 def _skip(text: str, index: int) -> int:
@@ -648,13 +749,25 @@ def _scan(
 
 
 class _JsonDocument:
-    """An ``mcpServers`` JSON file, edited as text: only the spans of the values that change are replaced."""
+    """A JSON file (``mcpServers``, VS Code's ``servers``, Zed's ``context_servers``...), edited as text: only the
+    spans of the values that change are replaced.
+
+    Hosts that allow comments (and trailing commas) get them blanked out for reading (:func:`formats.blank_comments`
+    keeps every offset), so spans found in the blanked text are spans of the file, edits land in the file itself, and
+    every comment stays where it was. Separators copied to new items come from the blanked text, so a comment next
+    to them is never duplicated.
+    """
 
     kind = "json"
 
-    def __init__(self, text: str, file: str) -> None:
+    def __init__(self, text: str, file: str, dialect: formats.Dialect = formats.MCP_JSON) -> None:
+        self.dialect = dialect
         try:
-            self.plain = json.loads(text, object_pairs_hook=unique_keys)
+            scanned = self._blank(text)
+        except ValueError as exc:
+            raise ConfigError(f"invalid JSON: {exc}", file=file) from None
+        try:
+            self.plain = json.loads(scanned, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=file) from None
         except DuplicateKeyError as exc:
@@ -662,7 +775,8 @@ class _JsonDocument:
         if not isinstance(self.plain, dict):
             raise ConfigError("the top level must be a JSON object", file=file)
         self._text = text
-        self._root: _JsonValue = _scan(text, _skip(text, 0), (), _json_descend)
+        self._scanned = scanned
+        self._root: _JsonValue = _scan(scanned, _skip(scanned, 0), (), _json_descender(dialect))
         self._edits: list[tuple[int, int, str]] = []
         self._entries: dict[tuple[str, ...], _JsonValue] = {}
         self._servers: list[_Server] = []
@@ -671,17 +785,25 @@ class _JsonDocument:
         self._indent = self._detect_indent()
         self._multiline_arrays = self._detect_array_style()
 
+    def _blank(self, text: str) -> str:
+        if not self.dialect.comments:
+            return text
+        return formats.blank_comments(text, trailing_commas=self.dialect.trailing_commas)
+
     def _collect(self, holder: _JsonValue, scope: tuple[str, ...], project: str | None, file: str) -> None:
-        servers = holder.member("mcpServers")
-        if servers is not None:
+        tables = [key for key, _ in formats.server_tables(self.dialect, holder.value)] if project is None else []
+        for key in tables or ["mcpServers"]:
+            servers = holder.member(key)
+            if servers is None:
+                continue
             if servers.value.members is None:
-                raise ConfigError(f"'{'.'.join((*scope, 'mcpServers'))}' must be an object", file=file)
+                raise ConfigError(f"'{'.'.join((*scope, key))}' must be an object", file=file)
             for member in servers.value.members:
                 label = member.key if project is None else f"{member.key}@{project}"
-                key = (*scope, "mcpServers", member.key)
-                self._entries[key] = member.value
-                self._servers.append(_Server(label, member.key, key, member.value.value))
-        projects = holder.member("projects") if project is None else None
+                where = (*scope, key, member.key)
+                self._entries[where] = member.value
+                self._servers.append(_server(self.dialect, label, member.key, where, member.value.value, self.plain))
+        projects = holder.member("projects") if project is None and self.dialect is formats.MCP_JSON else None
         if projects is None:
             return
         if projects.value.members is None:
@@ -695,7 +817,7 @@ class _JsonDocument:
         """One level of indentation as the file writes it (two spaces, four, a tab); two spaces if it never does."""
         members = self._root.members or []
         if members:
-            lead = self._text[self._root.start + 1 : members[0].key_start]
+            lead = self._scanned[self._root.start + 1 : members[0].key_start]
             if "\n" in lead:
                 unit = lead.rsplit("\n", 1)[1]
                 if unit:
@@ -705,8 +827,8 @@ class _JsonDocument:
     def _detect_array_style(self) -> bool:
         """Whether new arrays should be written one item per line: only if every non-empty args array already is."""
         seen_multiline = False
-        for entry in self._entries.values():
-            args = entry.member("args")
+        for server in self._servers:
+            args = self._launch(server)[2]
             if args is None or not args.value.items:
                 continue
             if "\n" not in self._text[args.value.start : args.value.end]:
@@ -714,13 +836,26 @@ class _JsonDocument:
             seen_multiline = True
         return seen_multiline
 
+    def _launch(self, server: _Server) -> tuple[_JsonValue, _JsonMember | None, _JsonMember | None]:
+        """The object that holds the entry's program and arguments, and those two members (None when absent)."""
+        holder = self._entries[server.scope]
+        for key in server.command_key[:-1]:
+            member = holder.member(key)
+            assert member is not None and member.value.members is not None, server
+            holder = member.value
+        return holder, holder.member(server.command_key[-1]), holder.member(server.args_key[-1])
+
     def servers(self) -> list[_Server]:
         return list(self._servers)
 
     def _line_indent(self, index: int) -> str:
-        line_start = self._text.rfind("\n", 0, index) + 1
-        line = self._text[line_start:index]
+        line_start = self._scanned.rfind("\n", 0, index) + 1
+        line = self._scanned[line_start:index]
         return line[: len(line) - len(line.lstrip(" \t"))]
+
+    def _between(self, start: int, end: int) -> str:
+        """The text between two values, comments left out (and the spaces they leave at the end of a line)."""
+        return re.sub(r"[ \t]+(?=\r?\n)", "", self._scanned[start:end])
 
     def _render_array(self, values: Sequence[str], entry: _JsonValue, anchor: _JsonMember) -> str:
         multiline = self._multiline_arrays and "\n" in self._text[entry.start : entry.end]
@@ -736,30 +871,28 @@ class _JsonDocument:
         members = entry.members or []
         index = members.index(member)
         if index + 1 < len(members):
-            return self._text[member.value.end : members[index + 1].key_start]
+            return self._between(member.value.end, members[index + 1].key_start)
         if index > 0:
-            return self._text[members[index - 1].value.end : member.key_start]
-        lead = self._text[entry.start + 1 : member.key_start]
+            return self._between(members[index - 1].value.end, member.key_start)
+        lead = self._between(entry.start + 1, member.key_start)
         return "," + lead if "\n" in lead else ", "
 
     def _item_separator(self, array: _JsonValue) -> str:
         items = array.items or []
         if len(items) >= 2:
-            return self._text[items[0].end : items[1].start]
-        lead = self._text[array.start + 1 : items[0].start]
+            return self._between(items[0].end, items[1].start)
+        lead = self._between(array.start + 1, items[0].start)
         return "," + lead if "\n" in lead else ", "
 
     def set_wrapped(self, server: _Server, command: str, prefix: Sequence[str]) -> None:
-        entry = self._entries[server.scope]
-        command_member = entry.member("command")
-        args = entry.member("args")
+        entry, command_member, args = self._launch(server)
         assert command_member is not None
         replacement = _dump(command)
         if args is None:
-            colon = self._text[command_member.key_end : command_member.value.start]
+            colon = self._scanned[command_member.key_end : command_member.value.start]
             replacement += (
                 self._member_separator(entry, command_member)
-                + _dump("args")
+                + _dump(server.args_key[-1])
                 + colon
                 + self._render_array(prefix, entry, command_member)
             )
@@ -772,9 +905,7 @@ class _JsonDocument:
         self._edit(command_member.value.start, command_member.value.end, replacement)
 
     def set_unwrapped(self, server: _Server, command: str, drop: int, keep_empty: bool) -> None:
-        entry = self._entries[server.scope]
-        command_member = entry.member("command")
-        args = entry.member("args")
+        entry, command_member, args = self._launch(server)
         assert command_member is not None and args is not None and args.value.items is not None
         self._edit(command_member.value.start, command_member.value.end, _dump(command))
         items = args.value.items
@@ -829,9 +960,8 @@ class _JsonDocument:
         pieces.append(self._text[cursor:])
         return "".join(pieces)
 
-    @staticmethod
-    def reparse(text: str) -> Any:
-        return json.loads(text)
+    def reparse(self, text: str) -> Any:
+        return json.loads(self._blank(text))
 
 
 def _dump(value: str) -> str:
@@ -946,13 +1076,17 @@ def _free_rotation(backup: Path) -> Path:
         number += 1
 
 
-def _with_command(entry: Mapping[str, Any], command: str, args: list[str] | None) -> dict[str, Any]:
-    """``entry`` running ``command`` with ``args`` (None: no ``args`` key)."""
-    changed = dict(entry, command=command)
+def _with_launch(server: _Server, command: str, args: list[str] | None) -> dict[str, Any]:
+    """The raw entry running ``command`` with ``args`` (None: no ``args`` key), where the file keeps them."""
+    changed = copy.deepcopy(dict(server.raw))
+    holder = changed
+    for key in server.command_key[:-1]:
+        holder = holder[key]
+    holder[server.command_key[-1]] = command
     if args is None:
-        changed.pop("args", None)
+        holder.pop(server.args_key[-1], None)
     else:
-        changed["args"] = args
+        holder[server.args_key[-1]] = args
     return changed
 
 
@@ -1020,6 +1154,14 @@ def wrap_file(
             file=file,
         )
     document = _load(source.path, source.text)
+    if http is not None and document.dialect not in (formats.CODEX, formats.MCP_JSON):
+        raise ConfigError(
+            f"`mcpshare wrap --http` writes Codex and mcpServers JSON files only, not {document.dialect.host}'s; "
+            "`mcpshare wrap` without --http shares its servers through the shim",
+            file=file,
+        )
+    # First the loader's own check, with its errors: a typo'd field stops the wrap before anything is written.
+    check_config(source.path)
     shared = SharedServers.load(http.servers_file) if http is not None else None
     result = WrapResult(path=source.path, backup=None, dry_run=dry_run)
     wanted = _selection(servers)
@@ -1032,6 +1174,9 @@ def wrap_file(
         if wanted is not None and server.name not in wanted and server.label not in wanted:
             result.skipped[server.label] = "not selected"
             continue
+        if server.refusal is not None:
+            result.skipped[server.label] = server.refusal
+            continue
         if http is not None:
             reason = _http_refusal(server.name, server.entry)
         else:
@@ -1043,7 +1188,7 @@ def wrap_file(
             prefix = _prefix(launcher, server.name, server.entry)
             document.set_wrapped(server, launcher[0], prefix)
             args = [*prefix, *server.entry.get("args", [])]
-            changes[server.scope] = _with_command(server.entry, launcher[0], args)
+            changes[server.scope] = _with_launch(server, launcher[0], args)
         else:
             assert shared is not None
             definition = {key: server.entry[key] for key in _MOVED if key in server.entry}
@@ -1072,6 +1217,7 @@ def wrap_file(
     output = source.encode(document.render())
     _check_output(document, output.decode("utf-8-sig"), changes, file)
     result.backup = backup
+    result.before, result.after = source.raw, output
     if not dry_run:
         _check_unchanged(source)
     _keep_backup(source, output, backup, sidecar, any_wrapped, result)
@@ -1115,7 +1261,8 @@ def _keep_backup(
         # The file holds nothing of ours: it is a new original (unwrapped by hand, or rewritten by its host) and the
         # backup is from an earlier wrap. Keep that one under a new name and back up the current file.
         rotated = _free_rotation(backup)
-        result.notes.append(f"an older backup that differs from this file was kept as {rotated}")
+        kept_as = "would be kept as" if result.dry_run else "was kept as"
+        result.notes.append(f"an older backup that differs from this file {kept_as} {rotated}")
         if write:
             os.replace(backup, rotated)
             with contextlib.suppress(OSError):
@@ -1161,6 +1308,7 @@ def unwrap_file(path: str | os.PathLike[str], *, dry_run: bool = False, home: Pa
         for server, _entry in _wrapped_servers(document, result, shared):
             result.changed.append(server.label)
         result.restored = True
+        result.before, result.after = source.raw, kept
         if not dry_run:
             _replace_config(source, kept)
             _remove(sidecar, backup)
@@ -1176,14 +1324,15 @@ def unwrap_file(path: str | os.PathLike[str], *, dry_run: bool = False, home: Pa
             changes[server.scope] = {**unchanged, **restored}
         else:
             command, args = restored
-            keep_empty = _had_args(original, server.scope)
+            keep_empty = _had_args(original, server)
             document.set_unwrapped(server, command, len(server.entry["args"]) - len(args), keep_empty)
-            changes[server.scope] = _with_command(server.entry, command, args if args or keep_empty else None)
+            changes[server.scope] = _with_launch(server, command, args if args or keep_empty else None)
         result.changed.append(server.label)
     output = source.raw
     if changes:
         output = source.encode(document.render())
         _check_output(document, output.decode("utf-8-sig"), changes, file)
+    result.before, result.after = source.raw, output
     if kept is not None and output == kept:
         result.restored = True
         if not dry_run:
@@ -1195,8 +1344,9 @@ def unwrap_file(path: str | os.PathLike[str], *, dry_run: bool = False, home: Pa
     result.backup = backup if kept is not None else None
     if changes:
         where = f"the original is still in {backup}" if kept is not None else "there is no backup to compare with"
+        done = "would be" if dry_run else "were"
         result.notes.append(
-            "the file is not exactly what wrap wrote (edited since, or wrapped elsewhere), so the servers were "
+            f"the file is not exactly what wrap wrote (edited since, or wrapped elsewhere), so the servers {done} "
             "unwrapped one by one from their embedded commands: equivalent to the original, but maybe not "
             f"byte-identical ({where})"
         )
@@ -1217,9 +1367,10 @@ def _wrapped_servers(
 ) -> Iterator[tuple[_Server, tuple[str, list[str]] | dict[str, Any]]]:
     """The entries with an embedded command (and it), or pointing at the broker's HTTP front with a definition in
     the servers file (and that), in file order; every other entry goes to ``skipped`` with a reason."""
+    http_dialect = document.dialect in (formats.CODEX, formats.MCP_JSON)  # the only ones `wrap --http` writes
     for server in document.servers():
         entry = server.entry
-        route = front_route(entry)
+        route = front_route(entry) if http_dialect else None
         if route is not None:
             definition = shared.definition(route) if shared is not None else None
             if definition is None:
@@ -1260,13 +1411,13 @@ def _load_optional(path: Path, kept: bytes | None) -> Any:
         return None
 
 
-def _had_args(original: Any, scope: tuple[str, ...]) -> bool:
+def _had_args(original: Any, server: _Server) -> bool:
     entry = original
-    for key in scope:
+    for key in (*server.scope, *server.args_key[:-1]):
         if not isinstance(entry, Mapping) or key not in entry:
             return False
         entry = entry[key]
-    return isinstance(entry, Mapping) and "args" in entry
+    return isinstance(entry, Mapping) and server.args_key[-1] in entry
 
 
 def _remove(*paths: Path) -> None:
