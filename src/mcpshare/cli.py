@@ -238,12 +238,6 @@ def _megabytes(value: int | None) -> str:
     return "-" if value is None else f"{value / 1e6:.1f} MB"
 
 
-def _latencies(row: dict[str, Any]) -> str:
-    """The median and 95th percentile call time of a server row, in ms (``-`` before its first call)."""
-    p50, p95 = row.get("latency_p50_ms"), row.get("latency_p95_ms")
-    return "-" if p50 is None or p95 is None else f"{p50:.1f}/{p95:.1f} ms"
-
-
 def _print_json(data: dict[str, Any]) -> None:
     """Plain JSON on stdout, for scripts: no colours, no wrapping."""
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
@@ -300,8 +294,8 @@ def status(
     broker = answer["broker"]
     table = _table(
         f"mcpshare broker pid {broker['pid']}, up {_duration(broker['uptime'])}",
-        ("server", "key", "pid", "era", "state", "clients", "calls", "errors", "p50/p95", "restarts", "uptime", "RSS"),
-        right=("pid", "clients", "calls", "errors", "p50/p95", "restarts", "RSS"),
+        ("server", "key", "pid", "era", "state", "clients", "restarts", "uptime", "RSS"),
+        right=("pid", "clients", "restarts", "RSS"),
     )
     for row in answer["servers"]:
         lane = row.get("lane") or 0
@@ -312,9 +306,6 @@ def status(
             row.get("protocol") or "-",
             row["state"],
             str(row["clients"]),
-            str(row.get("calls") or 0),
-            str(row.get("errors") or 0),
-            _latencies(row),
             str(row["restarts"]),
             _duration(row["uptime"]),
             _megabytes(row["rss"]),
