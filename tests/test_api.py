@@ -91,6 +91,7 @@ def test_submodules_still_import_through_the_package() -> None:
         "mcpshare.shim",
         "mcpshare.runtime",
         "mcpshare.connect_line",
+        "mcpshare.switches",
     }
 
 
