@@ -6,6 +6,7 @@ SDK server can produce, and a separate host process for SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ from helpers import (
     wait_until_gone,
 )
 from mcpshare.config import StdioServerConfig
+from mcpshare.mux import SESSION_BUFFER_BYTES, encode
 from mcpshare.pool import BackendPool, Lease, ServerDisabled, ServerStartError, SessionOverflow
 from mcpshare.session import open_session
 
@@ -246,7 +248,11 @@ async def test_bad_output_has_defined_outcomes_and_others_keep_working(marker: s
         custom = [m for m in a.inbox if m.get("method") == "notifications/x-custom"]
         assert custom and custom[0]["params"] == {"text": "hello"}, "unknown notifications pass through untouched"
         await anyio.sleep(0.1)
-        b_custom = [m for m in b.lease.receive._state.buffer if m.get("method") == "notifications/x-custom"]
+        queued = []
+        with contextlib.suppress(anyio.WouldBlock):
+            while True:
+                queued.append(b.lease.receive.receive_nowait())
+        b_custom = [m for m in queued if m.get("method") == "notifications/x-custom"]
         assert b_custom, "a notification nobody owns in particular goes to every session"
         # A server request whose id equals the client's request id: routed to the only session in flight.
         assert text_of(await a.call("server_request", text="ping-pong")) == "ping-pong"
@@ -335,7 +341,7 @@ async def test_bad_host_input_is_a_clear_error_and_corrupts_nothing(marker: str)
 
 @EAGER
 async def test_slow_reader_is_disconnected_without_stalling_others(marker: str, eager: bool) -> None:
-    async with BackendPool(idle_grace=0, queue_size=64, eager_reads=eager) as pool:
+    async with BackendPool(idle_grace=0, queue_bytes=262_144, eager_reads=eager) as pool:
         slow = await pool.acquire(sdk_server(marker))
         fast = await pool.acquire(sdk_server(marker))
         await slow.send(
@@ -350,13 +356,13 @@ async def test_slow_reader_is_disconnected_without_stalling_others(marker: str, 
                 },
             }
         )
-        for n in range(1, 300):  # never read: answers pile up in a queue of 64
+        for n in range(1, 300):  # never read: ~330 kB of answers pile up in a queue of 256 kB
             await slow.send(
                 {
                     "jsonrpc": "2.0",
                     "id": n,
                     "method": "tools/call",
-                    "params": {"name": "echo", "arguments": {"text": str(n)}},
+                    "params": {"name": "echo", "arguments": {"text": f"{n:01000d}"}},
                 }
             )
         async with open_session(fast) as session:
@@ -368,9 +374,57 @@ async def test_slow_reader_is_disconnected_without_stalling_others(marker: str, 
         assert slow.broken is not None and "overflow" in slow.broken
         with pytest.raises(SessionOverflow):
             await slow.send({"jsonrpc": "2.0", "id": 100, "method": "ping"})
+        assert 0 < slow.receive.queued_bytes <= 262_144
         drained = [message async for message in slow.receive]  # the queued answers, then the end
-        assert 0 < len(drained) <= 64
+        assert 0 < sum(len(encode(message)) for message in drained) <= 262_144
+        assert slow.receive.queued_bytes == 0
         await fast.release()
+
+
+async def _until_broken(lease: Lease) -> None:
+    with anyio.fail_after(20):
+        for _ in range(2000):
+            if lease.broken is not None:
+                return
+            await anyio.sleep(0.01)
+
+
+async def test_a_lease_is_bounded_by_bytes_not_by_message_count(marker: str) -> None:
+    """Eleven unread answers of 1 MB each: past the 8 MB default the session ends (it would have taken 1024 of them
+    when the bound was a count: gigabytes). One message larger than the bound still reaches a session with nothing
+    waiting; the next one does not."""
+    big = "x" * 1_000_000
+    async with BackendPool(idle_grace=0) as pool:
+        reader = RawClient(await pool.acquire(sdk_server(marker)))
+        await reader.initialize()
+        with contextlib.suppress(SessionOverflow):  # the answers may end it before all eleven were sent
+            for n in range(11):
+                call = {"name": "echo", "arguments": {"text": big}}
+                await reader.lease.send({"jsonrpc": "2.0", "id": 100 + n, "method": "tools/call", "params": call})
+        await _until_broken(reader.lease)
+        assert "overflow" in reader.lease.broken
+        drained = [message async for message in reader.lease.receive]
+        assert 0 < sum(len(encode(message)) for message in drained) <= SESSION_BUFFER_BYTES
+        answers = [len(encode(message)) for message in drained if "result" in message]
+        assert answers and len(answers) == SESSION_BUFFER_BYTES // answers[0]  # as many as fit in 8 MB, not one more
+        await reader.lease.release()
+    async with BackendPool(idle_grace=0, queue_bytes=100_000) as pool:
+        single = RawClient(await pool.acquire(sdk_server(marker)))
+        await single.initialize()
+        answer = await single.call("echo", text="y" * 300_000)  # 3x the bound, nothing waiting: delivered
+        assert len(text_of(answer)) == 300_000 and single.lease.broken is None
+        for n in range(2):
+            await single.lease.send(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 200 + n,
+                    "method": "tools/call",
+                    "params": {"name": "echo", "arguments": {"text": big}},
+                }
+            )
+        await _until_broken(single.lease)
+        assert [message["id"] async for message in single.lease.receive] == [200]
+        await single.lease.release()
 
 
 # --------------------------------------------------------------------------- orphans

@@ -47,7 +47,7 @@ from mcpshare.exposition import exposition
 from mcpshare.fdstream import DEFAULT_MAX_LINE_BYTES, FdLineReceiveStream, FdSendStream
 from mcpshare.http_front import HttpFront, bind_http
 from mcpshare.http_limits import HttpLimits
-from mcpshare.mux import decode, encode, error_response
+from mcpshare.mux import SESSION_BUFFER_BYTES, decode, encode, error_response
 from mcpshare.pool import DEFAULT_IDLE_GRACE, BackendPool, Lease
 from mcpshare.sources import ConfigSource, HelloError, server_config
 
@@ -64,8 +64,6 @@ the sessions the broker has never lose a descriptor they need."""
 FD_PER_SESSION = 32
 """Descriptors a new session may need: its handed-over stdin/stdout and, when it starts a server, that server's
 pipes, pidfd and trampoline."""
-CLIENT_BUFFER_LIMIT = 8 * 1024 * 1024
-"""Bytes the broker keeps for a client that does not read its stdout; beyond, its session ends (queue overflow)."""
 CLIENT_LINE_LINGER = 2.0
 """Seconds an ending session still waits for its client to take the rest of a line it has begun to read."""
 PARSE_ERROR = -32700
@@ -648,7 +646,7 @@ async def relay(stream: anyio.abc.ByteSendStream, buffered: BufferedByteReceiveS
     :class:`_Outbox`, bounded in bytes like a handed-over pipe; one task sends what has gathered. (A relaying shim
     only sees the socket close, so there is no reason to report.)
     """
-    outbox = _Outbox(CLIENT_BUFFER_LIMIT)
+    outbox = _Outbox(SESSION_BUFFER_BYTES)
     async with anyio.create_task_group() as tg:
 
         async def to_client() -> None:
@@ -718,7 +716,7 @@ async def relay_to_pipe(client_out: FdSendStream, client_in: FdLineReceiveStream
 
     def write(message: dict[str, Any]) -> None:
         try:
-            client_out.send_nowait(encode(message), CLIENT_BUFFER_LIMIT)
+            client_out.send_nowait(encode(message), SESSION_BUFFER_BYTES)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             over.set()  # the client closed its stdout: it is going away
             raise

@@ -54,7 +54,7 @@ import anyio.abc
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
 from mcpshare.http_limits import ConnectionGuard, HttpLimits, Receive, Scope, Send, send_error
-from mcpshare.mux import decode, encode, error_response
+from mcpshare.mux import SESSION_BUFFER_BYTES, decode, encode, error_response
 from mcpshare.pool import BackendPool, Lease
 from mcpshare.sources import ConfigSource, HelloError, server_config
 
@@ -63,9 +63,6 @@ logger = logging.getLogger("mcpshare.http")
 PARSE_ERROR = -32700
 INTERNAL_ERROR = -32603
 CONNECTION_CLOSED = -32000
-STREAM_BUFFER_BYTES = 8 * 1024 * 1024
-"""Bytes of messages one HTTP response may hold for a client that does not read it; beyond, the session ends (the
-pool's usual overflow rule: droppable notifications are dropped first)."""
 ENDPOINT_PREFIX = "/mcp/"
 METRICS_PATH = "/metrics"
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -204,7 +201,7 @@ class _Outbox:
         """Queue one message; False if this response is gone. :class:`anyio.WouldBlock` when full."""
         if self.closed:
             return False
-        if self._items and self._size + len(data) > STREAM_BUFFER_BYTES:
+        if self._items and self._size + len(data) > SESSION_BUFFER_BYTES:
             raise anyio.WouldBlock
         self._items.append((is_response, data))
         self._size += len(data)
@@ -311,7 +308,7 @@ class HttpSession:
             return
         # Nothing it relates to is open: it waits for the GET stream (a request's stream carries only what relates
         # to that request, and turns a plain answer into an SSE stream).
-        if self._held_size + len(data) > STREAM_BUFFER_BYTES:
+        if self._held_size + len(data) > SESSION_BUFFER_BYTES:
             logger.debug("HTTP session %s: no open stream for %s and no room to hold it; dropped", self.id[:8], method)
             return
         self.held.append(data)

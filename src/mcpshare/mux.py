@@ -51,7 +51,6 @@ logger = logging.getLogger("mcpshare.mux")
 __all__ = [
     "CLIENT_CAPABILITIES",
     "CONNECTION_CLOSED",
-    "DEFAULT_QUEUE_SIZE",
     "DEFAULT_SESSION_LOG_LEVEL",
     "INTERNAL_ERROR",
     "INVALID_REQUEST",
@@ -60,6 +59,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "QUIET_METHODS",
     "REQUEST_TIMEOUT",
+    "SESSION_BUFFER_BYTES",
     "Backend",
     "BackendError",
     "Channel",
@@ -75,7 +75,10 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: Final = HANDSHAKE_VERSION
-DEFAULT_QUEUE_SIZE: Final = 1024
+SESSION_BUFFER_BYTES: Final = 8 * 1024 * 1024
+"""Bytes of messages one session may have waiting for it (a pool lease's inbox, a shim's pipe, an HTTP stream); a
+message that would pass it is dropped if it is a droppable notification and otherwise ends that session (queue
+overflow). One message larger than this still goes to a session with nothing waiting."""
 PROBE_TIMEOUT: Final = 5.0
 """Seconds ``protocol = "auto"`` waits for an answer to ``server/discover`` before it tries the handshake."""
 

@@ -16,6 +16,7 @@ import errno
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -38,13 +39,14 @@ from mcpshare.lanes import LaneSink, LeaseLanes
 from mcpshare.metrics import MetricsSnapshot
 from mcpshare.mux import (
     CONNECTION_CLOSED,
-    DEFAULT_QUEUE_SIZE,
     PROBE_TIMEOUT,
+    SESSION_BUFFER_BYTES,
     Backend,
     BackendError,
     Channel,
     Message,
     SessionOverflow,
+    encode,
     error_response,
 )
 from mcpshare.process import Guardian, ServerProcess, SpawnError
@@ -224,27 +226,84 @@ class _Entry:
 
 
 class _Inbox:
-    """A lease's sink: its bounded memory stream, or, once :meth:`Lease.tap` installed one, a synchronous writer."""
+    """A lease's sink, bounded by bytes: its memory stream, or, once :meth:`Lease.tap` installed one, a synchronous
+    writer (which bounds itself: the broker's pipe to a client holds :data:`SESSION_BUFFER_BYTES`).
 
-    __slots__ = ("on_close", "stream", "writer")
+    Each queued message is counted at its encoded size; a message that would take the queue past ``limit`` raises
+    :class:`anyio.WouldBlock` (the channel's overflow rules then apply), unless nothing waits: one message larger
+    than the limit still goes through. The reader (:class:`InboxReader`) gives the bytes back as it takes messages.
+    """
 
-    def __init__(self, stream: MemoryObjectSendStream[Message]) -> None:
+    __slots__ = ("limit", "on_close", "queued_bytes", "sizes", "stream", "writer")
+
+    def __init__(self, stream: MemoryObjectSendStream[Message], limit: int) -> None:
         self.stream = stream
+        self.limit = limit
+        self.queued_bytes = 0
+        self.sizes: deque[int] = deque()
         self.writer: Callable[[Message], None] | None = None
         self.on_close: Callable[[], None] | None = None
 
     def send_nowait(self, item: Message, /) -> None:
         writer = self.writer
-        if writer is None:
-            self.stream.send_nowait(item)
-        else:
+        if writer is not None:
             writer(item)
+            return
+        size = len(encode(item))
+        if self.queued_bytes and self.queued_bytes + size > self.limit:
+            raise anyio.WouldBlock
+        self.stream.send_nowait(item)
+        self.sizes.append(size)
+        self.queued_bytes += size
+
+    def taken(self) -> None:
+        """One message left the queue (in order: a memory stream is first in, first out)."""
+        if self.sizes:
+            self.queued_bytes -= self.sizes.popleft()
 
     def close(self) -> None:
         self.stream.close()
         on_close, self.on_close, self.writer = self.on_close, None, None
         if on_close is not None:
             on_close()
+
+
+class InboxReader:
+    """The receiving end of a lease's inbox (:attr:`Lease.receive`): a memory object stream's, giving back each
+    message's bytes to the inbox's bound as it is taken."""
+
+    __slots__ = ("_inbox", "_stream")
+
+    def __init__(self, stream: MemoryObjectReceiveStream[Message], inbox: _Inbox) -> None:
+        self._stream = stream
+        self._inbox = inbox
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the messages waiting to be taken."""
+        return self._inbox.queued_bytes
+
+    async def receive(self) -> Message:
+        message = await self._stream.receive()
+        self._inbox.taken()
+        return message
+
+    def receive_nowait(self) -> Message:
+        message = self._stream.receive_nowait()
+        self._inbox.taken()
+        return message
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __aiter__(self) -> InboxReader:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
 
 
 class Lease:
@@ -263,7 +322,7 @@ class Lease:
         workspace: str | None,
         environ: Mapping[str, str] | None,
         sandbox: str | None,
-        queue_size: int,
+        queue_bytes: int,
     ) -> None:
         self.pool = pool
         self.config = config
@@ -271,9 +330,9 @@ class Lease:
         self.workspace = workspace
         self.environ = environ
         self.sandbox = sandbox
-        self.receive: MemoryObjectReceiveStream[Message]
-        stream, self.receive = anyio.create_memory_object_stream[Message](queue_size)
-        self._sink = _Inbox(stream)
+        stream, receive = anyio.create_memory_object_stream[Message](math.inf)
+        self._sink = _Inbox(stream, queue_bytes)
+        self.receive = InboxReader(receive, self._sink)
         self._entry: _Entry | None = None
         self.channel: Channel | None = None
         self.released = False
@@ -418,7 +477,7 @@ class BackendPool:
         idle_grace: float = DEFAULT_IDLE_GRACE,
         client_info: Mapping[str, Any] | None = None,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-        queue_size: int = DEFAULT_QUEUE_SIZE,
+        queue_bytes: int = SESSION_BUFFER_BYTES,
         guardian: bool = True,
         base_environ: Mapping[str, str] | None = None,
         stop_grace: float = 2.0,
@@ -436,6 +495,8 @@ class BackendPool:
         """Tuning:
 
         * ``idle_grace``: seconds a backend without leases lives on (0 = stop at once).
+        * ``queue_bytes``: bytes of messages a lease may have waiting unread; past it, droppable notifications are
+          dropped and anything else ends that lease's session (:class:`SessionOverflow`).
         * ``hang_timeout``: a backend whose waiting requests get no response at all for this long (after one ping
           probe at half of it) is declared hung and restarted; None disables the watchdog.
         * ``backoff_base``/``backoff_max``: exponential backoff (with jitter) before restarting a key that failed.
@@ -461,7 +522,7 @@ class BackendPool:
         self.client_info = dict(client_info or {"name": "mcpshare", "version": _version()})
         self.max_line_bytes = max_line_bytes
         self.eager_reads = eager_reads
-        self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
         self.stop_grace = stop_grace
         self._use_guardian = guardian
         self._base_environ = base_environ
@@ -538,7 +599,7 @@ class BackendPool:
             workspace=os.fspath(workspace) if workspace is not None else None,
             environ=environ,
             sandbox=sandbox,
-            queue_size=self.queue_size,
+            queue_bytes=self.queue_bytes,
         )
         try:
             await self._bind(lease, key, config)
